@@ -1,0 +1,17 @@
+"""agseg: attention-gated networks for medical image segmentation, in 2D and 3D.
+
+Public API::
+
+    import agseg
+    net = agseg.create_model("attention_unet", spatial_dims=3, in_channels=1, out_channels=3,
+                             channels=(16, 32, 64, 128), deep_supervision=True)
+    out, maps = net.forward_with_attention(x)   # maps: gate name -> (B, heads, *skip_spatial) in [0, 1]
+"""
+
+from __future__ import annotations
+
+from agseg.nets.registry import create_model, get_model_spec, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "get_model_spec", "list_models", "register_model"]

@@ -1,0 +1,100 @@
+"""Convolution blocks shared by every net: conv-norm-act, the U-Net double convolution, up-sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from agseg.layers import Conv, ConvTranspose, check_spatial_dims, make_norm, resize_to
+
+__all__ = ["ConvNormAct", "DoubleConv", "UpConv"]
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution, normalisation and ReLU.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: convolution kernel (``padding = kernel_size // 2`` keeps the grid).
+        stride: convolution stride.
+        norm: ``"batch"``, ``"instance"`` or ``"none"``; the convolution has a bias only without a norm.
+        act: apply ReLU.
+
+    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial / stride)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        norm: str = "batch",
+        act: bool = True,
+    ) -> None:
+        check_spatial_dims(spatial_dims)
+        layers: list[nn.Module] = [
+            Conv[spatial_dims](
+                in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=norm == "none"
+            ),
+            make_norm(norm, spatial_dims, out_channels),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class DoubleConv(nn.Sequential):
+    """The U-Net double convolution: (conv 3x3(x3), norm, ReLU) twice (thesis Table 3.1, seed 001).
+
+    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int | None = None,
+        norm: str = "batch",
+    ) -> None:
+        mid = out_channels if mid_channels is None else mid_channels
+        super().__init__(
+            ConvNormAct(spatial_dims, in_channels, mid, 3, norm=norm),
+            ConvNormAct(spatial_dims, mid, out_channels, 3, norm=norm),
+        )
+
+
+class UpConv(nn.Module):
+    """Up-sampling to a given grid followed by a convolution that changes the channels (thesis Table 3.1).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the coarse input.
+        out_channels: channels after the convolution (the U-Net halves them).
+        mode: ``"interp"``: linear interpolation then a 3x3(x3) convolution with bias and no norm or
+            activation (the thesis' "intermediate single convolution"); ``"transpose"``: a stride-2
+            transposed convolution (kernel 2), resampled to the target grid when sizes are odd.
+
+    ``forward(x, size)`` returns ``(B, out_channels, *size)``; sizes not divisible by two are handled by
+    interpolating to the skip connection's exact grid.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "interp") -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        if mode not in ("interp", "transpose"):
+            raise ValueError(f"unknown up-sampling mode {mode!r}; valid: interp, transpose")
+        self.mode = mode
+        if mode == "interp":
+            self.conv = Conv[spatial_dims](in_channels, out_channels, 3, padding=1)
+        else:
+            self.conv = ConvTranspose[spatial_dims](in_channels, out_channels, 2, stride=2)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        if self.mode == "interp":
+            return self.conv(resize_to(x, size))
+        return resize_to(self.conv(x), size)

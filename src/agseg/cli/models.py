@@ -1,0 +1,110 @@
+"""``agseg models``: list the registered nets, or show one net's parameters, FLOPs and output shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from agseg.nets.registry import get_model_spec, list_models
+from agseg.nets.summary import paper_table1, parse_shape, summarize
+
+console = Console()
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["channels=16,32,64", "gating=single"]`` -> ``{"channels": [16, 32, 64], "gating": "single"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
+        if "," in raw and not raw.strip().startswith("["):
+            value: Any = [yaml.safe_load(v) for v in raw.split(",")]
+        else:
+            value = yaml.safe_load(raw)
+        out[key.strip()] = value
+    return out
+
+
+def _fmt_count(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".strip()
+
+
+def models(
+    name: str | None = typer.Argument(None, help="A registered model; omit to list them all."),
+    input: str | None = typer.Option(None, "--input", "-i", help="Input shape B x C x spatial, e.g. 1x1x160x160x96."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a model argument, e.g. channels=16,32,64."),
+    info: bool = typer.Option(False, "--info", help="Compare our param counts with seed 001 Table 1."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the registered models with parameter counts, or show one model's params, FLOPs and output shapes."""
+    if info:
+        rows = paper_table1()
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title="3D CT models (16-32-64-128-256, 1 -> 4 classes) vs seed 001 Table 1; input 1x1x160x160x96")
+        for col in ("model", "params", "paper", "ratio to U-Net", "paper ratio", "forward FLOPs"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for r in rows:
+            table.add_row(
+                r["model"],
+                _fmt_count(r["params"]),
+                _fmt_count(r["paper_params"]),
+                f"{r['ratio_to_unet']:.3f}",
+                f"{r['paper_ratio_to_unet']:.3f}",
+                _fmt_count(r["flops"], "FLOP"),
+            )
+        console.print(table)
+        return
+    overrides = parse_overrides(set_)
+    if name is None:
+        rows = []
+        for n in list_models():
+            spec = get_model_spec(n)
+            rows.append({"name": n, "task": spec.task, "params": summarize(n).params, "description": spec.description})
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title="agseg models (parameters at the preset's defaults)")
+        table.add_column("name")
+        table.add_column("params", justify="right")
+        table.add_column("description")
+        for r in rows:
+            table.add_row(r["name"], _fmt_count(r["params"]), r["description"])
+        console.print(table)
+        return
+    try:
+        shape = parse_shape(input) if input else None
+        s = summarize(name, shape, **overrides)
+    except (KeyError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) else str(err)
+        typer.secho(f"error: {msg}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(s.to_dict(), indent=2))
+        return
+    spec = get_model_spec(name)
+    console.print(f"[bold]{name}[/bold]: {spec.description}")
+    if spec.paper:
+        console.print(f"  from: {spec.paper}")
+    args = {**spec.defaults, **overrides}
+    if args:
+        console.print(f"  arguments: {args}")
+    console.print(f"  parameters: {s.params:,} ({_fmt_count(s.params)})")
+    if s.input_shape is not None:
+        console.print(f"  input: {s.input_shape}")
+        console.print(f"  forward FLOPs (eval): {s.flops:,} ({_fmt_count(s.flops, 'FLOP')})")
+        console.print(f"  output (eval): {', '.join(map(str, s.output_shapes or []))}")
+        if s.train_output_shapes != s.output_shapes:
+            console.print(f"  output (train): {', '.join(map(str, s.train_output_shapes or []))}")

@@ -1,0 +1,8 @@
+"""Networks. Importing this package registers every net with :mod:`agseg.nets.registry`."""
+
+from agseg.nets import attention_unet, unet  # noqa: F401  (registration side effects)
+from agseg.nets.attention_unet import AttentionUNet
+from agseg.nets.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+from agseg.nets.unet import UNet
+
+__all__ = ["AttentionUNet", "ModelSpec", "UNet", "create_model", "get_model_spec", "list_models", "register_model"]
