@@ -199,7 +199,13 @@ register_model(
 register_model(
     "unet_ct",
     UNet,
-    defaults={"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": (16, 32, 64, 128, 256)},
-    description="Attention U-Net paper's 3D CT baseline U-Net, widths 16-32-64-128-256",
+    defaults={
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 4,
+        "channels": (16, 32, 64, 128, 256),
+        "deep_supervision": True,
+    },
+    description="Attention U-Net paper's 3D CT baseline U-Net, widths 16-32-64-128-256, deep supervision",
     paper="seed 001 Table 1",
 )
