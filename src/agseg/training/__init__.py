@@ -1,1 +1,1 @@
-"""agseg.training."""
+"""Training: the trainer, checkpoints, weight transfer."""

@@ -1,0 +1,46 @@
+"""Typed configs: YAML round trip, overrides, and errors that list the valid keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from agseg.config import ConfigError, ExperimentConfig, load_config, save_config
+
+
+def test_round_trip_and_overrides(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text(
+        "name: demo\nseed: 3\n"
+        "data: {path: data, preprocess: {target_size: [64, 64]}}\n"
+        "model: {name: attention_unet, channels: [8, 16, 32], gating: single}\n"
+        "train: {epochs: 4, lr: 1e-3}\n"
+    )
+    cfg = load_config(p, overrides={"train.epochs": 2, "model.gating": "multi"})
+    assert cfg.name == "demo" and cfg.seed == 3
+    assert cfg.train.epochs == 2 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.model.name == "attention_unet" and cfg.model.kwargs == {"channels": [8, 16, 32], "gating": "multi"}
+    assert cfg.data.path == str((tmp_path / "data").resolve())
+    out = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(out)
+    assert again == cfg
+    assert cfg.replace(**{"train.batch_size": 7}).train.batch_size == 7
+
+
+def test_unknown_keys_list_valid_ones(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key.*'epoch'.*valid keys:.*epochs"):
+        load_config(p)
+    p.write_text("trian: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown section.*valid: cv, data, eval, model, name, seed, train"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    p.write_text("train: {lr: fast}\n")
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(p)
+
+
+def test_defaults_are_usable():
+    cfg = ExperimentConfig()
+    assert cfg.train.optimizer == "adam" and cfg.cv.folds == 5 and "hd95" in cfg.eval.metrics
