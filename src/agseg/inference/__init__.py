@@ -1,1 +1,1 @@
-"""agseg.inference."""
+"""Inference: sliding-window prediction and the file-level predictor."""
