@@ -151,7 +151,7 @@ class EvalConfig:
     """Per-case metrics computed on the test cases, in the original image grid and spacing."""
 
     metrics: list[str] = field(
-        default_factory=lambda: ["dice", "iou", "precision", "sensitivity", "specificity", "hausdorff", "hd95", "assd"]
+        default_factory=lambda: ["dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd"]
     )
     class_names: dict[int, str] | None = None
     save_predictions: bool = True
@@ -240,7 +240,7 @@ def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if overrides:
@@ -265,7 +265,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:

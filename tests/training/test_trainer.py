@@ -67,7 +67,7 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
     # and a run that is not resumed but restarted differs (the test can fail)
-    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 4
+    assert (tmp_path / "run" / "log.csv").read_text(encoding="utf-8").count("\n") == 4
 
 
 def test_training_reduces_loss_and_writes_files(tmp_path):

@@ -10,7 +10,9 @@ import logging
 import typer
 
 from agseg import __version__
+from agseg.cli import compare as compare_cli
 from agseg.cli import data as data_cli
+from agseg.cli import evaluate as evaluate_cli
 from agseg.cli import models as models_cli
 
 app = typer.Typer(
@@ -38,6 +40,8 @@ def _root(
 
 app.command("models")(models_cli.models)
 app.add_typer(data_cli.app, name="data")
+app.command("evaluate")(evaluate_cli.evaluate)
+app.command("compare")(compare_cli.compare)
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has AMX or AVX-512 bf16 instructions (bf16 autocast is then ~2x faster than fp32)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -1,0 +1,55 @@
+"""``agseg evaluate``: per-case metrics (CSV) and summary (JSON) for a folder of predictions vs references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agseg.data.errors import DataError
+
+console = Console()
+
+
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks."),
+    ref: Path = typer.Option(..., "--ref", help="Folder of reference masks (paired by file name)."),
+    out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="Where metrics.csv and summary.json go."),
+    metric: list[str] | None = typer.Option(None, "--metric", "-m", help="Metric to compute (repeatable)."),
+    labels: str = typer.Option("auto", help="'auto', 'binary', or comma-separated label values, e.g. 1,2."),
+    ref_threshold: float | None = typer.Option(None, help="Binarise references as value > T (anti-aliased PNG: 127)."),
+    pred_suffix: str = typer.Option("", help="Suffix of prediction file names to ignore when pairing (e.g. _pred)."),
+) -> None:
+    """Per-case metrics and their summary (mean, std, median, undefined counts) for masks in two folders."""
+    from agseg.experiments.evaluate import evaluate_folders
+    from agseg.metrics import list_metrics
+
+    metrics = metric or ["dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd"]
+    bad = [m for m in metrics if m not in list_metrics()]
+    if bad:
+        typer.secho(f"error: unknown metric(s) {bad}; valid: {', '.join(list_metrics())}", fg="red", err=True)
+        raise typer.Exit(2)
+    lab: list[int] | str | None = {"auto": "auto", "binary": None}.get(labels, labels)
+    if isinstance(lab, str) and lab != "auto":
+        try:
+            lab = [int(v) for v in lab.split(",")]
+        except ValueError:
+            typer.secho(
+                f"error: --labels must be auto, binary or integers like 1,2; got {labels!r}", fg="red", err=True
+            )
+            raise typer.Exit(2) from None
+    try:
+        rows, summary = evaluate_folders(pred, ref, out, metrics, lab, ref_threshold, pred_suffix)
+    except DataError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"{len(rows)} cases: {pred} vs {ref}")
+    for col in ("metric", "mean", "std", "median", "n", "undefined"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, s in summary.items():
+        table.add_row(name, fmt(s["mean"]), fmt(s["std"]), fmt(s["median"]), str(s["n"]), str(s["n_undefined"]))
+    console.print(table)
+    console.print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
