@@ -1,0 +1,202 @@
+"""Preprocessing: shapes, intensities, geometry bookkeeping, and exact undo back to the original grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from agseg.data import (
+    Geometry,
+    PreprocessConfig,
+    Preprocessor,
+    PreprocessRecord,
+    invert,
+    read_image,
+    read_mask,
+    write_image,
+    write_mask,
+)
+from agseg.data.preprocess import resize_array
+
+
+def _dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    a, b = a == label, b == label
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def _centre(g: Geometry) -> np.ndarray:
+    """Physical centre of the grid's extent."""
+    idx = (np.asarray(g.shape, float)[::-1] - 1) / 2
+    return np.asarray(g.origin) + g.direction_matrix @ (np.asarray(g.spacing) * idx)
+
+
+CONFIGS_3D = {
+    "isotropic+fixed_grid": PreprocessConfig(target_spacing=1.0, target_size=(32, 32, 32), intensity="zscore_case"),
+    "isotropic+crop_pad": PreprocessConfig(target_spacing=(1.2, 1.2, 1.2), crop_or_pad=(24, 16, 40)),
+    "keep_aspect": PreprocessConfig(target_spacing=1.0, target_size=(32, 32, 32), keep_aspect=True),
+}
+
+
+@pytest.mark.parametrize("name", ["v.mhd", "v.nii.gz", "v.nrrd", "v.mha", "dicom_series"])
+@pytest.mark.parametrize("cfg_name", list(CONFIGS_3D))
+def test_round_trip_restores_size_and_geometry(
+    tmp_path: Path, name: str, cfg_name: str, rotated_geometry: Geometry, sphere_volume
+) -> None:
+    """Read -> preprocess -> undo -> write gives a mask with the original size, spacing, origin and direction."""
+    image, mask = sphere_volume
+    fmt_geom = rotated_geometry.replace(format="dicom") if name == "dicom_series" else rotated_geometry
+    write_image(tmp_path / name, image, fmt_geom)
+    write_mask(tmp_path / f"mask_{name}", mask, fmt_geom)
+    img, geom = read_image(tmp_path / name)
+    raw_mask, _ = read_mask(tmp_path / f"mask_{name}")
+
+    out = Preprocessor(CONFIGS_3D[cfg_name]).apply(img, geom, raw_mask.astype(np.uint8))
+    record = PreprocessRecord.from_dict(json.loads(json.dumps(out.record.to_dict())))  # as saved with a run
+    back, back_geom = invert(out.label, record)
+    written = write_mask(tmp_path / "pred" / f"pred_{name}", back, back_geom)
+
+    again, g2 = read_mask(written)
+    assert again.shape == image.shape
+    assert g2.shape == geom.shape
+    np.testing.assert_allclose(g2.spacing, geom.spacing, rtol=1e-5)
+    np.testing.assert_allclose(g2.origin, geom.origin, atol=1e-4)
+    np.testing.assert_allclose(g2.direction, geom.direction, atol=1e-5)
+    assert _dice(again, mask, 1) > 0.85 and _dice(again, mask, 2) > 0.7
+
+
+def test_round_trip_2d_png(tmp_path: Path) -> None:
+    from agseg.data import chest_phantom
+
+    image, mask = chest_phantom(96, rng=0)
+    g = Geometry.identity(image.shape, format="png", dtype="uint8")
+    write_image(tmp_path / "x.png", image, g)
+    img, geom = read_image(tmp_path / "x.png")
+    out = Preprocessor(PreprocessConfig(target_size=(64, 64), intensity="minmax01")).apply(img, geom, mask > 127)
+    assert out.image.shape == (1, 64, 64) and set(np.unique(out.label)) == {0, 1}
+    assert out.image.min() >= 0 and out.image.max() <= 1
+    back, bg = invert(out.label, out.record)
+    p = write_mask(tmp_path / "pred.png", back, bg)
+    m2, _g2 = read_mask(p)
+    assert m2.shape == (96, 96) and set(np.unique(m2)) == {0, 255}
+    assert _dice(m2 > 127, mask > 127, True) > 0.95
+
+
+def test_resampling_keeps_physical_centre(rotated_geometry: Geometry, sphere_volume) -> None:
+    image, _mask = sphere_volume
+    out = Preprocessor(PreprocessConfig(target_spacing=1.0, intensity="none")).apply(image[None], rotated_geometry)
+    g = out.record.geometry
+    assert g.shape == (35, 20, 18)  # round(shape * spacing) in array order (z, y, x)
+    np.testing.assert_allclose(_centre(g), _centre(rotated_geometry), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(g.spacing) * np.asarray(g.shape)[::-1], [18.2, 19.8, 35.0], rtol=1e-6)
+
+
+def test_crop_pad_undo_is_exact(rotated_geometry: Geometry, sphere_volume) -> None:
+    image, mask = sphere_volume
+    out = Preprocessor(PreprocessConfig(crop_or_pad=(20, 16, 30), intensity="none")).apply(
+        image[None], rotated_geometry, mask
+    )
+    assert out.image.shape == (1, 20, 16, 30)
+    # the crop/pad moved the origin so every kept voxel sits at the same physical point
+    g = out.record.geometry
+    np.testing.assert_allclose(_centre(g) - _centre(rotated_geometry), 0, atol=rotated_geometry.spacing[0])
+    back, bg = invert(out.label, out.record)
+    kept = np.zeros_like(mask, bool)
+    kept[:, 3:19, :] = True  # y was cropped from 22 to 16
+    np.testing.assert_array_equal(back[kept], mask[kept])
+    assert (back[~kept] == 0).all() and bg == rotated_geometry.replace(n_channels=1, dtype="uint8")
+
+
+def test_identity_config_changes_nothing_spatial(rotated_geometry: Geometry, sphere_volume) -> None:
+    image, mask = sphere_volume
+    out = Preprocessor(PreprocessConfig(intensity="none")).apply(image[None], rotated_geometry, mask)
+    assert out.record.steps == []
+    np.testing.assert_array_equal(out.image[0], image)
+    np.testing.assert_array_equal(invert(out.label, out.record)[0], mask)
+
+
+def test_invert_probabilities(rotated_geometry: Geometry, sphere_volume) -> None:
+    image, mask = sphere_volume
+    out = Preprocessor(PreprocessConfig(target_size=(16, 16, 16))).apply(image[None], rotated_geometry, mask)
+    probs = np.stack([out.label == k for k in range(3)]).astype(np.float32)
+    back, bg = invert(probs, out.record)
+    assert back.shape == (3, *image.shape) and back.dtype == np.float32 and bg.n_channels == 3
+    assert _dice(back.argmax(0), mask, 1) > 0.8
+
+
+@pytest.mark.parametrize("mode", ["zscore_case", "minmax01", "ct_window", "none"])
+def test_intensity_modes(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.normal(50, 20, (2, 10, 12)).astype(np.float32)
+    g = Geometry.identity((10, 12))
+    cfg = PreprocessConfig(intensity=mode, window=(0, 100) if mode == "ct_window" else None)
+    out = Preprocessor(cfg).apply(img, g)
+    x = out.image
+    if mode == "zscore_case":
+        np.testing.assert_allclose(x.reshape(2, -1).mean(1), 0, atol=1e-5)
+        np.testing.assert_allclose(x.reshape(2, -1).std(1), 1, atol=1e-4)
+    elif mode in ("minmax01", "ct_window"):
+        assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
+    else:
+        np.testing.assert_array_equal(x, img)
+    assert out.record.intensity["mode"] == mode
+
+
+def test_global_zscore_needs_fit_and_uses_dataset_stats() -> None:
+    from agseg.data import Case
+
+    g = Geometry.identity((4, 4))
+    cases = [Case(f"c{i}", f"c{i}", np.full((1, 4, 4), float(v), np.float32), g) for i, v in enumerate([0, 2, 4])]
+    pre = Preprocessor(PreprocessConfig(intensity="zscore_global"))
+    with pytest.raises(ValueError, match="fit"):
+        pre.apply(cases[0].image, g)
+    pre.fit(cases)
+    assert pre.stats["mean"] == pytest.approx([2.0]) and pre.stats["std"] == pytest.approx([np.sqrt(8 / 3)])
+    assert pre.apply_case(cases[2]).image.mean() == pytest.approx(2 / np.sqrt(8 / 3), rel=1e-5)
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert again.fingerprint() == pre.fingerprint() and not again.needs_fit
+
+
+def test_label_map_and_threshold_in_config() -> None:
+    g = Geometry.identity((2, 3))
+    img = np.zeros((1, 2, 3), np.float32)
+    m = np.array([[0, 3, 4], [5, 3, 0]], np.uint8)
+    out = Preprocessor(PreprocessConfig(label_map={3: 1, 4: 1, 5: 0})).apply(img, g, m)
+    np.testing.assert_array_equal(out.label, [[0, 1, 1], [0, 1, 0]])
+    from agseg.data import DataError
+
+    with pytest.raises(DataError, match=r"values \[7\] are not in the label map"):
+        Preprocessor(PreprocessConfig(label_map={3: 1})).apply(img, g, np.full((2, 3), 7, np.uint8))
+    aa = np.array([[0, 100, 128], [200, 255, 10]], np.uint8)
+    out = Preprocessor(PreprocessConfig(mask_threshold=127)).apply(img, g, aa)
+    np.testing.assert_array_equal(out.label, [[0, 0, 1], [1, 1, 0]])
+
+
+def test_config_yaml_round_trip_and_validation() -> None:
+    cfg = PreprocessConfig(
+        target_spacing=1.0,
+        target_size=[128, 128, 128],
+        intensity="ct_window",
+        window=(-1000, 400),
+        label_map={3: 1, 4: 1, 5: 0},
+    )
+    assert PreprocessConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="intensity"):
+        PreprocessConfig(intensity="zscore")
+    with pytest.raises(ValueError, match="window"):
+        PreprocessConfig(intensity="ct_window")
+    with pytest.raises(ValueError, match="dimensions"):
+        Preprocessor(PreprocessConfig(target_size=(8, 8, 8))).apply(np.zeros((1, 4, 4)), Geometry.identity((4, 4)))
+
+
+def test_resize_mask_stays_labels() -> None:
+    m = np.zeros((512, 512), np.uint8)
+    m[100:300, 50:200] = 1
+    m[350:400, 300:500] = 2
+    r = resize_array(m, (256, 256), label=True)
+    assert r.dtype == np.uint8 and set(np.unique(r)) == {0, 1, 2}
+    assert abs(int((r == 1).sum()) - 100 * 75) <= 2 * 100
