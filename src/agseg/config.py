@@ -102,8 +102,6 @@ class TrainConfig:
         deterministic: ``torch.use_deterministic_algorithms`` and single-threaded loading order.
         select: checkpoint used after training: ``"best"`` (lowest validation loss) or ``"last"``.
         val_every: validate every N epochs.
-        patch_size: random training crops of this size (3D); ``None`` trains on whole (preprocessed) images.
-        samples_per_case: crops drawn per case per epoch when ``patch_size`` is set.
         max_steps_per_epoch: cap steps per epoch (quick experiments); ``None`` for no cap.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: torch intra-op threads; ``None`` leaves torch's default.
@@ -129,8 +127,6 @@ class TrainConfig:
     deterministic: bool = False
     select: str = "best"
     val_every: int = 1
-    patch_size: list[int] | None = None
-    samples_per_case: int = 1
     max_steps_per_epoch: int | None = None
     device: str = "auto"
     threads: int | None = None
