@@ -12,7 +12,9 @@ import typer
 from agseg import __version__
 from agseg.cli import compare as compare_cli
 from agseg.cli import data as data_cli
+from agseg.cli import demo as demo_cli
 from agseg.cli import evaluate as evaluate_cli
+from agseg.cli import experiments as experiments_cli
 from agseg.cli import models as models_cli
 
 app = typer.Typer(
@@ -38,7 +40,11 @@ def _root(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+app.command("demo")(demo_cli.demo)
 app.command("models")(models_cli.models)
+app.command("train")(experiments_cli.train)
+app.command("cv")(experiments_cli.cv)
+app.command("predict")(experiments_cli.predict)
 app.add_typer(data_cli.app, name="data")
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compare")(compare_cli.compare)

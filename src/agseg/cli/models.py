@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from agseg.cli._common import parse_overrides
 from agseg.nets.registry import get_model_spec, list_models
 from agseg.nets.summary import paper_table1, parse_shape, summarize
 
 console = Console()
-
-
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["channels=16,32,64", "gating=single"]`` -> ``{"channels": [16, 32, 64], "gating": "single"}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
-        if "," in raw and not raw.strip().startswith("["):
-            value: Any = [yaml.safe_load(v) for v in raw.split(",")]
-        else:
-            value = yaml.safe_load(raw)
-        out[key.strip()] = value
-    return out
 
 
 def _fmt_count(n: float | None, unit: str = "") -> str:

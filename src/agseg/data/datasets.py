@@ -418,7 +418,7 @@ def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Any:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="case", leave=False)
+    return tqdm(items, desc=desc, unit="case", leave=False, disable=None)
 
 
 def _log_skipped(bad: Sequence[SkippedCase]) -> None:

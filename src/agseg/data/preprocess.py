@@ -297,7 +297,7 @@ class Preprocessor:
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(cases, desc="fitting intensity statistics", unit="case", leave=False)
+            it = tqdm(cases, desc="fitting intensity statistics", unit="case", leave=False, disable=None)
         for c in it:
             img = (c.load(with_mask=False) if isinstance(c, CaseRef) else c).image.astype(np.float64)
             flat = img.reshape(img.shape[0], -1)

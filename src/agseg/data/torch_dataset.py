@@ -139,7 +139,7 @@ class SegmentationDataset(Dataset):
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(loader, total=len(self.cases), desc="caching", unit="case", leave=False)
+            it = tqdm(loader, total=len(self.cases), desc="caching", unit="case", leave=False, disable=None)
         bad: list[SkippedCase] = []
         for index, err in it:
             if err is not None:

@@ -113,7 +113,7 @@ def evaluate_folders(
         fg = sorted(values - {0})
         labels = None if len(fg) <= 1 else fg
     rows: list[dict[str, Any]] = []
-    for case_id, pp, rp, ref, geom in tqdm(loaded, desc="evaluating", leave=False):
+    for case_id, pp, rp, ref, geom in tqdm(loaded, desc="evaluating", leave=False, disable=None):
         pred, _ = read_mask(pp)
         if pred.shape != ref.shape:
             raise DataError(pp, f"prediction shape {pred.shape} differs from reference {rp} shape {ref.shape}")

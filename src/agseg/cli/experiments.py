@@ -1,0 +1,145 @@
+"""``agseg train``, ``agseg cv`` and ``agseg predict``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agseg.cli._common import fail, parse_overrides
+
+console = Console()
+log = logging.getLogger("agseg")
+
+
+def _load(config: Path, set_: list[str] | None):
+    from agseg.config import ConfigError, load_config
+
+    try:
+        return load_config(config, parse_overrides(set_))
+    except ConfigError as err:
+        fail(str(err), 2)
+
+
+def _known_errors():
+    from agseg.data.errors import DataError
+    from agseg.losses.registry import UnknownLossError
+
+    return (DataError, UnknownLossError, KeyError, ValueError, FileNotFoundError)
+
+
+def _msg(err: Exception) -> str:
+    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+
+
+def train(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    init_from: Path | None = typer.Option(None, help="Start from another run's (or file's) weights where they fit."),
+    init_classes: str | None = typer.Option(None, help="With --init-from: source classes to keep, e.g. 0,1."),
+    splits: Path | None = typer.Option(None, help="Train on one fold of this splits.json (with --fold/--repeat)."),
+    fold: int = typer.Option(0, help="Fold of --splits to train on."),
+    repeat: int = typer.Option(0, help="Repeat of --splits."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. train.epochs=5."),
+) -> None:
+    """Train one model on one split; the run directory is the complete record."""
+    cfg = _load(config, set_)
+    from agseg.experiments.run import load_index, train_model, train_split
+    from agseg.experiments.splits import SplitPlan
+
+    run_dir = out or Path("runs") / cfg.name
+    try:
+        index = load_index(cfg)
+        if splits is not None:
+            f = SplitPlan.from_json(splits).get(repeat, fold)
+            by_id = {c.case_id: c for c in index}
+            train_cases, val_cases = [by_id[c] for c in f.train], [by_id[c] for c in f.val]
+        else:
+            train_cases, val_cases = train_split(cfg, index)
+        classes = [int(c) for c in init_classes.split(",")] if init_classes else None
+        console.print(f"training [bold]{cfg.model.name}[/bold] on {len(train_cases)} cases "
+                      f"(validation {len(val_cases)}) -> {run_dir}")  # fmt: skip
+        run = train_model(cfg, run_dir, train_cases, val_cases, resume, init_from, classes)
+    except _known_errors() as err:
+        fail(_msg(err))
+    r = run.result
+    console.print(
+        f"done: {r.epochs_run} epochs in {r.seconds:.0f} s; best epoch {r.best_epoch} "
+        f"(val loss {r.best_val_loss:.4f}); model in {run_dir / 'model'}"
+    )
+
+
+def cv(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="CV directory (default runs/<name>_cv)."),
+    folds: int | None = typer.Option(None, "--folds", "-k", help="Number of folds (overrides cv.folds)."),
+    repeats: int | None = typer.Option(None, "--repeats", "-n", help="Repeats of the k-fold (overrides cv.repeats)."),
+    fold: list[int] | None = typer.Option(None, "--fold", help="Run only this fold (repeatable)."),
+    repeat: list[int] | None = typer.Option(None, "--repeat", help="Run only this repeat (repeatable)."),
+    splits: Path | None = typer.Option(None, help="Reuse this splits.json (paired comparisons across models)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. train.epochs=5."),
+) -> None:
+    """k-fold (x repeats) cross-validation: train, predict the test fold, per-case metrics, summary."""
+    extra = list(set_ or [])
+    if folds is not None:
+        extra.append(f"cv.folds={folds}")
+    if repeats is not None:
+        extra.append(f"cv.repeats={repeats}")
+    cfg = _load(config, extra)
+    from agseg.experiments.run import run_cv
+
+    out_dir = out or Path("runs") / f"{cfg.name}_cv"
+    try:
+        res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits)
+    except _known_errors() as err:
+        fail(_msg(err))
+    table = Table(title=f"{cfg.name}: {res.folds_done}/{res.folds_total} folds, {len(res.rows)} test cases")
+    for col in ("metric", "mean ± std (cases)", "median", "undefined"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, s in res.summary.items():
+        if s["mean"] is None:
+            table.add_row(name, "-", "-", str(s["n_undefined"]))
+            continue
+        std = f" ± {s['std']:.4f}" if s["std"] is not None else ""
+        table.add_row(name, f"{s['mean']:.4f}{std}", f"{s['median']:.4f}", str(s["n_undefined"]))
+    console.print(table)
+    console.print(f"{res.seconds:.0f} s; per-case metrics in {out_dir / 'metrics.csv'}, summary in "
+                  f"{out_dir / 'summary.json'}")  # fmt: skip
+
+
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (PNG, NIfTI, MHD, NRRD, DICOM folder...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (never an input's folder)."),
+    run: Path | None = typer.Option(None, "--run", help="A training run (or model) folder."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint file (.pt) written by training."),
+    model: str | None = typer.Option(None, "--model", help="A model shipped with agseg (see --list-models)."),
+    probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
+    attention: bool = typer.Option(False, "--attention", help="Also write attention maps and an overlay figure."),
+    overlap: float = typer.Option(0.5, help="Sliding-window overlap for inputs larger than the training patch."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    amp: str = typer.Option("auto", help="auto (bf16 where it helps), bf16 or off."),
+) -> None:
+    """Predict masks written in each input's format, size and geometry (spacing, origin, direction)."""
+    from agseg.inference.predictor import Predictor
+
+    sources = [s for s in (run, checkpoint, model) if s is not None]
+    if len(sources) != 1:
+        fail("give exactly one of --run, --checkpoint or --model", 2)
+    try:
+        if model is not None:
+            from agseg.inference.pretrained import pretrained_path
+
+            source = pretrained_path(model)
+        else:
+            source = sources[0]
+        predictor = Predictor.from_path(source, device=device, amp=amp, overlap=overlap)
+        results = predictor.predict_paths(inputs, out, probs=probs, attention=attention)
+    except _known_errors() as err:
+        fail(_msg(err))
+    for r in results:
+        console.print(f"wrote {r['mask']}")
+    console.print(f"{len(results)} mask(s) in {out}")

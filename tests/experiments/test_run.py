@@ -1,0 +1,179 @@
+"""Experiments end to end on tiny synthetic data: CV, paired splits, single folds, predict geometry, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import agseg
+from agseg.cli import app
+from agseg.config import TrainConfig, from_dict
+from agseg.data import PreprocessConfig, Preprocessor, SegmentationDataset, load_dataset, write_dataset
+from agseg.data.augment import AugmentConfig
+from agseg.data.io import Geometry
+from agseg.experiments.run import run_cv
+from agseg.inference.bundle import ModelBundle
+from agseg.inference.predictor import Predictor
+from agseg.losses import create_loss
+from agseg.training.trainer import Trainer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cxr(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data") / "cxr", "cxr", n=9, size=64, seed=1)
+
+
+def tiny_cfg(data, **over):
+    raw = {
+        "name": over.pop("name", "tiny"),
+        "data": {"path": str(data), "options": {"mask_threshold": 127},
+                 "preprocess": {"target_size": [32, 32], "intensity": "minmax01"}},
+        "model": {"name": over.pop("model", "unet"), "channels": [4, 8, 16]},
+        "train": {"epochs": 1, "batch_size": 2, "amp": "off"},
+        "cv": {"folds": 3, "val_fraction": 0.1},
+        "eval": {"metrics": ["dice", "hd95"]},
+    }  # fmt: skip
+    cfg = from_dict(raw)
+    return cfg.replace(**over) if over else cfg
+
+
+def test_cv_writes_a_complete_record_and_skips_finished_folds(cxr, tmp_path):
+    out = tmp_path / "unet"
+    res = run_cv(tiny_cfg(cxr), out, folds=[0])
+    assert res.folds_done == 1 and res.folds_total == 3
+    for f in ("config.yaml", "env.json", "splits.json", "metrics.csv", "summary.json"):
+        assert (out / f).is_file(), f
+    fold = out / "repeat0_fold0"
+    assert (fold / "model" / "model.safetensors").is_file() and (fold / "checkpoints" / "last.pt").is_file()
+    assert len(list((fold / "predictions").iterdir())) == 3
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["folds_done"] == 1 and summary["metrics"]["dice"]["n"] == 3
+    stamp = (fold / "metrics.csv").stat().st_mtime_ns
+    res = run_cv(tiny_cfg(cxr), out)  # fold 0 is done: only folds 1 and 2 run
+    assert res.folds_done == 3 and len(res.rows) == 9
+    assert (fold / "metrics.csv").stat().st_mtime_ns == stamp
+    assert sorted(r["case_id"] for r in res.rows) == sorted(load_dataset(cxr).case_ids)
+
+
+def test_models_share_splits_for_paired_comparison(cxr, tmp_path):
+    shared = tmp_path / "splits.json"
+    a = run_cv(tiny_cfg(cxr, name="a"), tmp_path / "a", folds=[1], splits=shared)
+    b = run_cv(tiny_cfg(cxr, name="b", model="attention_unet"), tmp_path / "b", folds=[1], splits=shared)
+    assert a.plan.folds == b.plan.folds
+    assert {r["case_id"] for r in a.rows} == {r["case_id"] for r in b.rows}
+    with pytest.raises(ValueError, match="splits.json"):
+        run_cv(tiny_cfg(cxr, **{"cv.folds": 2}), tmp_path / "c", splits=shared)
+
+
+def test_config_errors_name_what_is_valid(cxr, tmp_path):
+    with pytest.raises(KeyError, match="registered models: .*attention_unet"):
+        run_cv(tiny_cfg(cxr, model="vnet"), tmp_path / "x", folds=[0])
+    with pytest.raises(KeyError, match="dice_ce"):
+        run_cv(tiny_cfg(cxr, **{"train.loss": "dicey"}), tmp_path / "y", folds=[0])
+    with pytest.raises(Exception, match="nowhere"):
+        run_cv(tiny_cfg(tmp_path / "nowhere"), tmp_path / "z")
+
+
+def _bundle(spatial_dims: int, preprocess: dict) -> tuple[torch.nn.Module, ModelBundle]:
+    kwargs = {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": 1, "channels": [4, 8, 16]}
+    model = agseg.create_model("attention_unet", **kwargs)
+    return model, ModelBundle("attention_unet", kwargs, Preprocessor(PreprocessConfig(**preprocess)).to_dict())
+
+
+def test_predict_png_keeps_size(tmp_path):
+    model, bundle = _bundle(2, {"target_size": (64, 64), "intensity": "minmax01"})
+    bundle.save(tmp_path / "model", model)
+    img = (np.random.default_rng(0).random((512, 512)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "xray.png")
+    res = runner.invoke(app, ["predict", str(tmp_path / "xray.png"), "--run", str(tmp_path / "model"), "--out",
+                              str(tmp_path / "out"), "--attention"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "out" / "xray.png") as m:
+        assert m.size == (512, 512)
+        assert set(np.unique(np.asarray(m))) <= {0, 255}
+    assert (tmp_path / "out" / "xray_attention.png").is_file()
+    # refuses to overwrite the input
+    res = runner.invoke(app, ["predict", str(tmp_path / "xray.png"), "--run", str(tmp_path / "model"), "--out",
+                              str(tmp_path)])  # fmt: skip
+    assert res.exit_code != 0 and "overwrite" in res.output
+    assert (tmp_path / "xray.png").is_file()
+
+
+def test_predict_nifti_keeps_geometry(tmp_path):
+    model, bundle = _bundle(3, {"target_spacing": (2.5, 1.4, 1.4), "intensity": "zscore_case"})
+    bundle.save(tmp_path / "model", model)
+    vol = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(12, 40, 36)).astype(np.float32))
+    vol.SetSpacing((0.7, 0.7, 2.5))
+    vol.SetOrigin((-12.5, 30.0, 4.25))
+    sitk.WriteImage(vol, str(tmp_path / "ct.nii.gz"))
+    res = runner.invoke(app, ["predict", str(tmp_path / "ct.nii.gz"), "--run", str(tmp_path / "model"), "--out",
+                              str(tmp_path / "out"), "--probs"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    mask = sitk.ReadImage(str(tmp_path / "out" / "ct.nii.gz"))
+    assert mask.GetSize() == vol.GetSize()
+    np.testing.assert_allclose(mask.GetSpacing(), vol.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(mask.GetOrigin(), vol.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(mask.GetDirection(), vol.GetDirection(), atol=1e-6)
+    assert (tmp_path / "out" / "ct_prob.nii.gz").is_file()
+
+
+def test_predictor_from_a_checkpoint_file(cxr, tmp_path):
+    run_cv(tiny_cfg(cxr), tmp_path / "cv", folds=[2])
+    ckpt = tmp_path / "cv" / "repeat0_fold2" / "checkpoints" / "last.pt"
+    pred = Predictor.from_path(ckpt)
+    case = load_dataset(cxr, mask_threshold=127)[0].load()
+    out = pred.predict_array(case.image, case.geometry)
+    assert out.label.shape == case.label.shape and isinstance(out.geometry, Geometry)
+
+
+def test_resume_with_seeded_augmentation_gives_identical_weights(cxr, tmp_path):
+    """The trainer's exact resume also holds with real files, the cache and seeded augmentation."""
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    pre = Preprocessor(PreprocessConfig(target_size=(32, 32), intensity="minmax01"))
+
+    def trainer(run, callback=None):
+        torch.manual_seed(0)
+        ds = SegmentationDataset(cases[:6], pre, cache=tmp_path / "cache", augment=AugmentConfig(), seed=5)
+        model = agseg.create_model("attention_unet", spatial_dims=2, channels=(4, 8, 16))
+        cfg = TrainConfig(epochs=3, batch_size=2, amp="off", deterministic=True, channels_last=False)
+        return Trainer(model, create_loss("dice_ce"), ds, None, cfg, tmp_path / run, seed=1, step_callback=callback)
+
+    ref = trainer("ref")
+    ref.fit()
+
+    def crash(epoch, step):
+        if epoch == 2 and step == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer("run", crash).fit()
+    resumed = trainer("run")
+    resumed.fit(resume=True)
+    for k, v in ref.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_cli_train_and_init_from(cxr, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        f"name: t\ndata: {{path: {cxr}, options: {{mask_threshold: 127}}, preprocess: {{target_size: [32, 32]}}}}\n"
+        "model: {name: unet, channels: [4, 8, 16]}\ntrain: {epochs: 1, batch_size: 2, amp: 'off'}\n",
+        encoding="utf-8",
+    )
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "u")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "a"), "--set", "model.name=attention_unet",
+                              "--init-from", str(tmp_path / "u")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "a" / "init_from.json").read_text(encoding="utf-8"))
+    assert info["loaded"] and not info["skipped"]
+    res = runner.invoke(app, ["train", str(cfg), "--set", "train.epoch=2"])
+    assert res.exit_code == 2 and "valid keys" in res.output
