@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from agseg.fileio import atomic_write_text
 
 __all__ = [
     "CVConfig",
@@ -253,21 +254,6 @@ def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``cfg`` as YAML atomically (temporary file, then rename)."""
     return atomic_write_text(path, yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _plain(obj: Any) -> Any:

@@ -139,3 +139,14 @@ def test_schedules_and_quick_dice():
     with pytest.raises(ValueError, match="optimizer"):
         make_trainer_bad = TrainConfig(optimizer="rmsprop")
         Trainer(torch.nn.Conv2d(1, 1, 1), bce, Squares(2), None, make_trainer_bad, "/tmp/x")
+
+
+def test_denormal_flushing_does_not_leak_out_of_training(tmp_path):
+    """Flush-to-zero stays inside fit(): left on, it made SciPy's cKDTree (distance metrics) crash later."""
+    import numpy as np
+
+    tiny = np.array([1e-40], dtype=np.float32)
+    tr = make_trainer(tmp_path)
+    tr.cfg = TrainConfig(**{**tr.cfg.__dict__, "epochs": 1})
+    tr.fit()
+    assert (tiny * np.float32(1.0))[0] != 0, "denormals are still flushed after training"

@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,22 +26,12 @@ import numpy as np
 from agseg.data.datasets import CaseRef
 from agseg.data.io import data_files
 from agseg.data.preprocess import Preprocessor, PreprocessRecord
+from agseg.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = ".agseg_cache"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class PreprocessCache:
@@ -139,11 +127,11 @@ class PreprocessCache:
         """Store an entry (atomically)."""
         ip, lp, jp = self._paths(key)
         ip.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(ip, lambda f: np.save(f, np.ascontiguousarray(image, dtype=np.float32)))
+        atomic_write(ip, lambda f: np.save(f, np.ascontiguousarray(image, dtype=np.float32)))
         if label is not None:
-            _atomic_write(lp, lambda f: np.save(f, np.ascontiguousarray(label)))
+            atomic_write(lp, lambda f: np.save(f, np.ascontiguousarray(label)))
         meta = {"case_id": case_id, "has_label": label is not None, "record": record.to_dict(), "sources": sources}
-        _atomic_write(jp, lambda f: f.write(json.dumps(meta).encode()))
+        atomic_write(jp, lambda f: f.write(json.dumps(meta).encode()))
 
     def get_or_create(
         self, ref: CaseRef, preprocessor: Preprocessor
@@ -174,7 +162,7 @@ class PreprocessCache:
     def save_json(self, key: str, obj: Any) -> None:
         p = self._paths(key)[2]
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(p, lambda f: f.write(json.dumps(obj).encode()))
+        atomic_write(p, lambda f: f.write(json.dumps(obj).encode()))
 
     def size_bytes(self) -> int:
         """Bytes used on disk."""

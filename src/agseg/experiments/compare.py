@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -39,6 +38,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from agseg.fileio import atomic_write_bytes, atomic_write_text
 from agseg.metrics.table import summarize as summarize_cases
 
 __all__ = [
@@ -649,22 +649,6 @@ def to_markdown(comparison: Comparison) -> str:
     return "\n".join(out)
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if isinstance(data, bytes):
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -735,12 +719,12 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], pl
         ("pairwise.csv", _csv_text(PAIRWISE_COLUMNS, comparison.pairwise)),
         ("compare.md", to_markdown(comparison)),
     ):
-        _atomic_write(out / name, text)
+        atomic_write_text(out / name, text)
         written.append(out / name)
     if plots:
         for m in comparison.metrics:
             path = out / f"boxplot_{_safe_name(m)}.png"
-            _atomic_write(path, _boxplot_png(comparison, m))
+            atomic_write_bytes(path, _boxplot_png(comparison, m))
             written.append(path)
     logger.info("wrote %d file(s) to %s", len(written), out)
     return written

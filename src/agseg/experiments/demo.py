@@ -29,7 +29,7 @@ def demo_settings(fast: bool) -> dict[str, Any]:
     if fast:
         return {"n": 24, "size": 64, "image": 48, "channels": [8, 16, 32], "epochs": 12, "folds": 3, "batch": 4,
                 "models": ["unet", "attention_multi"]}  # fmt: skip
-    return {"n": 80, "size": 128, "image": 96, "channels": [16, 32, 64, 128], "epochs": 20, "folds": 5, "batch": 4,
+    return {"n": 60, "size": 128, "image": 64, "channels": [8, 16, 32, 64], "epochs": 15, "folds": 5, "batch": 4,
             "models": ["unet", "attention_single", "attention_multi"]}  # fmt: skip
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agseg.config import ExperimentConfig, atomic_write_text, save_config
+from agseg.config import ExperimentConfig, save_config
 from agseg.data.augment import AugmentConfig
 from agseg.data.cache import PreprocessCache
 from agseg.data.datasets import CaseRef, DatasetIndex, load_dataset
@@ -46,6 +46,7 @@ from agseg.data.preprocess import PreprocessConfig, Preprocessor
 from agseg.data.torch_dataset import SegmentationDataset
 from agseg.experiments.evaluate import case_metrics
 from agseg.experiments.splits import SplitPlan, load_or_create_splits, make_splits
+from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor, _safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.model_selection import GroupKFold
+
+from agseg.fileio import atomic_write_text
 
 __all__ = [
     "SPLITS_VERSION",
@@ -220,7 +221,7 @@ class SplitPlan:
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan to ``path`` atomically (temporary file + ``os.replace``). Returns the path."""
         path = Path(path)
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         logger.debug("wrote %s (%d folds)", path, len(self.folds))
         return path
 
@@ -241,18 +242,6 @@ class SplitPlan:
             return cls.from_dict(data)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from e
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _derived_seed(*keys: int) -> int:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from agseg.config import atomic_write_text
 from agseg.data.preprocess import Preprocessor
+from agseg.fileio import atomic_write_text
 from agseg.nets.registry import create_model
 from agseg.training.checkpoint import load_checkpoint, load_state_dict_file, save_weights
 

@@ -23,7 +23,7 @@ from agseg.data.io import Geometry, data_files, detect_format, mask_path_for, re
 from agseg.data.preprocess import invert
 from agseg.inference.bundle import ModelBundle, load_bundle
 from agseg.inference.sliding import logits_to_probs, predict_logits, predict_with_attention
-from agseg.training.trainer import amp_dtype, resolve_device
+from agseg.training.trainer import amp_dtype, flush_denormal, resolve_device
 
 __all__ = ["Prediction", "Predictor", "collect_inputs"]
 
@@ -95,7 +95,6 @@ class Predictor:
         self.amp = amp_dtype(amp, self.device)
         self.overlap = overlap
         self.labels = np.asarray(bundle.labels)
-        torch.set_flush_denormal(True)
 
     @classmethod
     def from_path(cls, source: str | Path, **kw) -> Predictor:
@@ -113,12 +112,13 @@ class Predictor:
         maps: dict[str, torch.Tensor] = {}
         patch = self.bundle.patch_size
         fits = patch is None or all(s <= p for s, p in zip(x.shape[1:], patch, strict=False))
-        if attention and fits and hasattr(self.model, "forward_with_attention"):
-            logits, maps = predict_with_attention(self.model, x, self.amp)
-        else:
-            if attention and not fits:
-                log.warning("attention maps are only computed for inputs within the training patch; skipped")
-            logits = predict_logits(self.model, x, patch, self.overlap, self.amp)
+        if attention and not fits:
+            log.warning("attention maps are only computed for inputs within the training patch; skipped")
+        with flush_denormal():
+            if attention and fits and hasattr(self.model, "forward_with_attention"):
+                logits, maps = predict_with_attention(self.model, x, self.amp)
+            else:
+                logits = predict_logits(self.model, x, patch, self.overlap, self.amp)
         probs = logits_to_probs(logits)[0].cpu().numpy().astype(np.float32)
         probs_orig, geom = invert(probs, res.record, kind="prob")
         idx = (probs_orig[0] > 0.5).astype(np.int64) if probs_orig.shape[0] == 1 else probs_orig.argmax(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from agseg.fileio import atomic_path
 
 __all__ = [
     "InitReport",
@@ -30,22 +31,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Save a training state (tensors, numbers, strings, lists and dicts only) atomically."""
-    return _atomic(Path(path), lambda tmp: torch.save(dict(state), tmp))
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -69,7 +59,9 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: Mappi
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return _atomic(Path(path), lambda tmp: save_file(state, tmp, metadata=dict(metadata or {})))
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=dict(metadata or {}))
+    return Path(path)
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from agseg.config import TrainConfig, atomic_write_text
+from agseg.config import TrainConfig
+from agseg.fileio import atomic_write_text
 from agseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "amp_dtype",
     "build_optimizer",
     "build_scheduler",
+    "flush_denormal",
     "quick_dice",
     "resolve_device",
     "seed_everything",
@@ -46,6 +49,22 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step", "poly")
+
+
+@contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block only.
+
+    Denormals made a bf16 training step on AMX CPUs ~14x slower (benchmarks/bench_loader.py), but leaving the
+    CPU's flush-to-zero mode on for the whole process crashes SciPy's cKDTree (used by the distance metrics), so
+    training and forward passes turn it on and restore it afterwards.
+    """
+    enabled = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)
 
 
 def seed_everything(seed: int) -> None:
@@ -222,8 +241,6 @@ class Trainer:
         self.start_epoch = 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        # Denormal floats made a bf16 training step on AMX CPUs ~14x slower (benchmarks/bench_loader.py).
-        torch.set_flush_denormal(True)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -351,6 +368,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train for ``cfg.epochs`` epochs (continuing from ``checkpoints/last.pt`` when ``resume``)."""
+        with flush_denormal():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         cfg = self.cfg
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

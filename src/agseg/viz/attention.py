@@ -7,7 +7,6 @@ foreground). Every figure is written atomically as PNG with matplotlib's Agg bac
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,22 +16,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from agseg.fileio import atomic_path
+
 __all__ = ["central_slices", "plot_attention", "plot_attention_evolution", "save_figure"]
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
     """Save ``fig`` as PNG atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def central_slices(volume: np.ndarray, focus: np.ndarray | None = None) -> list[np.ndarray]:
@@ -61,6 +57,7 @@ def plot_attention(
     label: np.ndarray | None = None,
     prediction: np.ndarray | None = None,
     title: str | None = None,
+    stretch: bool = True,
 ) -> Path:
     """One figure: the image (with reference and predicted contours) and each gate's attention map over it.
 
@@ -70,6 +67,8 @@ def plot_attention(
         path: output PNG.
         label: reference mask ``(*spatial)`` (drawn as a green contour).
         prediction: predicted mask ``(*spatial)`` (drawn as a red contour).
+        stretch: colour each map over its own range (printed in its title), so that gates still close to their
+            open initialisation (alpha near 1 everywhere) show where they discriminate; False uses 0..1.
     """
     spatial_ndim = len(next(iter(maps.values())).shape) if maps else image.ndim
     img = image[0] if image.ndim > 2 and (not maps or image.ndim == spatial_ndim) else image
@@ -100,13 +99,14 @@ def plot_attention(
         for c, (name, slices) in enumerate(columns, start=1):
             ax = axes[r, c]
             ax.imshow(base, cmap="gray")
-            im = ax.imshow(slices[r], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if r == 0:
-                ax.set_title(name, fontsize=8)
+            lo, hi = (float(np.min(slices[r])), float(np.max(slices[r]))) if stretch else (0.0, 1.0)
+            im = ax.imshow(slices[r], cmap="jet", alpha=0.5, vmin=lo, vmax=max(hi, lo + 1e-6))
+            ax.set_title(f"{name}\nalpha {lo:.2f}-{hi:.2f}" if stretch else (name if r == 0 else ""), fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
     if columns:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="attention coefficient")
+        label = "attention coefficient" + (" (per-map range)" if stretch else "")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label=label, ticks=[] if stretch else None)
     if title:
         fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
