@@ -170,6 +170,8 @@ def test_cli_train_and_init_from(cxr, tmp_path):
     )
     res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "u")])
     assert res.exit_code == 0, res.output
+    for f in ("config.yaml", "env.json", "split.json", "preprocess.json", "log.csv", "metrics.csv", "summary.json"):
+        assert (tmp_path / "u" / f).is_file(), f
     res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "a"), "--set", "model.name=attention_unet",
                               "--init-from", str(tmp_path / "u")])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -63,7 +63,7 @@ def train(
         classes = [int(c) for c in init_classes.split(",")] if init_classes else None
         console.print(f"training [bold]{cfg.model.name}[/bold] on {len(train_cases)} cases "
                       f"(validation {len(val_cases)}) -> {run_dir}")  # fmt: skip
-        run = train_model(cfg, run_dir, train_cases, val_cases, resume, init_from, classes)
+        run = train_model(cfg, run_dir, train_cases, val_cases, resume, init_from, classes, evaluate_val=True)
     except _known_errors() as err:
         fail(_msg(err))
     r = run.result
@@ -71,6 +71,13 @@ def train(
         f"done: {r.epochs_run} epochs in {r.seconds:.0f} s; best epoch {r.best_epoch} "
         f"(val loss {r.best_val_loss:.4f}); model in {run_dir / 'model'}"
     )
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        import json
+
+        metrics = json.loads(summary.read_text(encoding="utf-8"))["metrics"]
+        shown = {k: v["mean"] for k, v in metrics.items() if k in ("dice", "hd95") and v["mean"] is not None}
+        console.print("validation cases: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
 def cv(

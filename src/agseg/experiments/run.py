@@ -155,6 +155,7 @@ def train_model(
     resume: bool = False,
     init_from: str | Path | None = None,
     init_classes: Sequence[int] | None = None,
+    evaluate_val: bool = False,
 ) -> TrainRun:
     """Train ``cfg.model`` on ``train_cases`` (validating on ``val_cases``) into ``run_dir``.
 
@@ -166,6 +167,8 @@ def train_model(
         init_from: weights to start from (a run/bundle folder, a ``.safetensors`` or a checkpoint): tensors that fit
             are copied (U-Net weights into an Attention U-Net, seed 001).
         init_classes: with ``init_from``, the source's output classes to keep (fine-tuning on a subset of classes).
+        evaluate_val: after training, predict the validation cases in their original grid and write their per-case
+            metrics (``metrics.csv``) and ``summary.json`` into ``run_dir``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +231,12 @@ def train_model(
     result = trainer.fit(resume=resume)
     bundle.info.update({"epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": result.seconds})
     bundle.save(run_dir / "model", trainer.model)
+    if evaluate_val and val_cases:
+        predictor = Predictor(trainer.model, bundle, device=cfg.train.device, amp=cfg.train.amp)
+        rows = [{"model": cfg.name, **r} for r in evaluate_cases(predictor, val_cases, cfg.eval.metrics)]
+        write_csv(rows, run_dir / "metrics.csv")
+        write_summary_json(summarize(rows), run_dir / "summary.json", name=cfg.name, cases="validation",
+                           epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds)  # fmt: skip
     return TrainRun(run_dir, trainer.model, bundle, result)
 
 
