@@ -87,6 +87,7 @@ def test_gradient_accumulation_steps(tmp_path):
     assert len(steps) == 2  # 8 cases, batch 2 -> 4 micro-batches -> 2 optimiser steps
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_checkpoint_loading_is_safe(tmp_path):
     class Evil:
         def __reduce__(self):
