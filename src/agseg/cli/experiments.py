@@ -123,7 +123,7 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (never an input's folder)."),
     run: Path | None = typer.Option(None, "--run", help="A training run (or model) folder."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint file (.pt) written by training."),
-    model: str | None = typer.Option(None, "--model", help="A model shipped with agseg (see --list-models)."),
+    model: str | None = typer.Option(None, "--model", help="A model shipped with agseg (see agseg models --shipped)."),
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
     attention: bool = typer.Option(False, "--attention", help="Also write attention maps and an overlay figure."),
     overlap: float = typer.Option(0.5, help="Sliding-window overlap for inputs larger than the training patch."),

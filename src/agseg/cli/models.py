@@ -29,9 +29,13 @@ def models(
     input: str | None = typer.Option(None, "--input", "-i", help="Input shape B x C x spatial, e.g. 1x1x160x160x96."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a model argument, e.g. channels=16,32,64."),
     info: bool = typer.Option(False, "--info", help="Compare our param counts with seed 001 Table 1."),
+    shipped: bool = typer.Option(False, "--shipped", help="List the trained models shipped with agseg."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the registered models with parameter counts, or show one model's params, FLOPs and output shapes."""
+    if shipped:
+        _list_shipped(as_json)
+        return
     if info:
         rows = paper_table1()
         if as_json:
@@ -92,3 +96,22 @@ def models(
         console.print(f"  output (eval): {', '.join(map(str, s.output_shapes or []))}")
         if s.train_output_shapes != s.output_shapes:
             console.print(f"  output (train): {', '.join(map(str, s.train_output_shapes or []))}")
+
+
+def _list_shipped(as_json: bool) -> None:
+    from agseg.inference.pretrained import list_pretrained, pretrained_info
+
+    rows = [{"name": n, **pretrained_info(n)} for n in list_pretrained()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no trained models are shipped with this installation")
+        return
+    table = Table(title="trained models shipped with agseg (agseg predict --model NAME)")
+    for col in ("name", "task", "trained on", "cross-validated performance", "licence"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r.get("task", ""), r.get("trained_on", ""), r.get("cv_performance", ""),
+                      r.get("licence", ""))  # fmt: skip
+    console.print(table)

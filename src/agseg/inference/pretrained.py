@@ -6,10 +6,13 @@ name extra folders (``os.pathsep``-separated) holding more such model folders.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
-__all__ = ["list_pretrained", "pretrained_path"]
+__all__ = ["list_pretrained", "pretrained_info", "pretrained_path", "ship_model"]
 
 _ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
 
@@ -39,3 +42,32 @@ def pretrained_path(name: str) -> Path:
             return root / name
     have = ", ".join(list_pretrained()) or "none yet"
     raise KeyError(f"unknown shipped model {name!r}; available: {have}")
+
+
+def pretrained_info(name: str) -> dict[str, Any]:
+    """The ``info`` block of a shipped model (training data, CV performance, licence notes)."""
+    return json.loads((pretrained_path(name) / "model.json").read_text(encoding="utf-8")).get("info", {})
+
+
+def ship_model(run_dir: str | Path, name: str, info: dict[str, Any], dest: str | Path | None = None) -> Path:
+    """Copy a run's model bundle to ``dest/name`` (default: the package's assets) with ``info`` merged in.
+
+    Args:
+        run_dir: a training run (its ``model/`` folder) or a bundle folder.
+        name: the name users give to ``agseg predict --model``.
+        info: provenance to record: training data, performance, licence caveats.
+        dest: parent folder; default ``agseg/assets/models``.
+    """
+    src = Path(run_dir)
+    src = src / "model" if (src / "model" / "model.json").is_file() else src
+    if not (src / "model.json").is_file():
+        raise FileNotFoundError(f"no model bundle in {run_dir}")
+    out = Path(dest or _ASSETS) / name
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((src / "model.json").read_text(encoding="utf-8"))
+    meta["info"] = {**meta.get("info", {}), **info, "name": name}
+    shutil.copyfile(src / "model.safetensors", out / "model.safetensors")
+    from agseg.fileio import atomic_write_text
+
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n")
+    return out
