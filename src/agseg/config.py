@@ -106,6 +106,8 @@ class TrainConfig:
         max_steps_per_epoch: cap steps per epoch (quick experiments); ``None`` for no cap.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: torch intra-op threads; ``None`` leaves torch's default.
+        attention_every: every N epochs, save the gates' attention maps on the first validation case
+            (``attention/epoch_NNN.npz``) and, at the end, figures of their evolution (seed 001 Fig. 3); 0: off.
     """
 
     epochs: int = 50
@@ -131,6 +133,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     device: str = "auto"
     threads: int | None = None
+    attention_every: int = 0
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,16 @@ def test_denormal_flushing_does_not_leak_out_of_training(tmp_path):
     tr.cfg = TrainConfig(**{**tr.cfg.__dict__, "epochs": 1})
     tr.fit()
     assert (tiny * np.float32(1.0))[0] != 0, "denormals are still flushed after training"
+
+
+def test_attention_maps_saved_over_epochs(tmp_path):
+    tr = make_trainer(tmp_path)
+    tr.cfg = TrainConfig(**{**tr.cfg.__dict__, "epochs": 3, "attention_every": 2})
+    tr.fit()
+    saved = sorted(p.name for p in (tmp_path / "attention").glob("epoch_*.npz"))
+    assert saved == ["epoch_002.npz", "epoch_003.npz"]  # every 2 epochs, and the last one
+    import numpy as np
+
+    with np.load(tmp_path / "attention" / "epoch_003.npz") as z:
+        assert z["level1"].shape == (1, 16, 16)  # on the image grid and 0 <= z["level1"].min() and z["level1"].max() <= 1
+    assert (tmp_path / "attention" / "evolution_level1.png").is_file()

@@ -388,6 +388,8 @@ class Trainer:
                 row.update(self.validate())
             row["seconds"] = time.perf_counter() - te
             self.history.append(row)
+            if cfg.attention_every and ((epoch + 1) % cfg.attention_every == 0 or epoch + 1 == cfg.epochs):
+                self._save_attention(epoch + 1)
             improved = "val_loss" in row and row["val_loss"] < self.best_val_loss
             if improved:
                 self.best_val_loss, self.best_epoch = row["val_loss"], epoch + 1
@@ -411,6 +413,8 @@ class Trainer:
             )
         if writer is not None:
             writer.close()
+        if cfg.attention_every:
+            self._plot_attention_evolution()
         chosen = self.best_path if cfg.select == "best" and self.best_path.is_file() else self.last_path
         if chosen == self.best_path:
             self.model.load_state_dict(load_checkpoint(chosen)["model"])
@@ -422,6 +426,39 @@ class Trainer:
             history=self.history,
             seconds=time.perf_counter() - t0,
         )
+
+    @torch.no_grad()
+    def _save_attention(self, epoch: int) -> None:
+        """Attention maps of the first validation case (no augmentation) at this epoch, as float16 .npz."""
+        if not self.val_data or not hasattr(self.model, "forward_with_attention"):
+            return
+        from agseg.fileio import atomic_write
+        from agseg.inference.sliding import predict_with_attention
+
+        item = self.val_data[0]
+        _, maps = predict_with_attention(self.model, item["image"], self.dtype)
+        self.model.train()
+        arrays = {k: v[0].cpu().numpy().astype(np.float16) for k, v in maps.items()}
+        arrays["_image"] = item["image"].numpy().astype(np.float16)
+        atomic_write(
+            self.run_dir / "attention" / f"epoch_{epoch:03d}.npz", lambda fh: np.savez_compressed(fh, **arrays)
+        )
+
+    def _plot_attention_evolution(self) -> None:
+        """One figure per gate from the saved epochs (also those saved before a resume)."""
+        files = sorted((self.run_dir / "attention").glob("epoch_*.npz"))
+        if not files:
+            return
+        from agseg.viz.attention import plot_attention_evolution
+
+        loaded = []
+        for f in files:
+            with np.load(f) as z:
+                loaded.append((int(f.stem.split("_")[1]), {k: z[k].astype(np.float32) for k in z.files}))
+        image = loaded[-1][1].pop("_image")
+        series = [(e, {k: v for k, v in m.items() if k != "_image"}) for e, m in loaded]
+        for gate in sorted(series[-1][1]):
+            plot_attention_evolution(image, series, self.run_dir / "attention" / f"evolution_{gate}.png", gate=gate)
 
     def _write_log(self) -> None:
         keys: list[str] = []
