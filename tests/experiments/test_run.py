@@ -107,22 +107,25 @@ def test_predict_png_keeps_size(tmp_path):
     assert (tmp_path / "xray.png").is_file()
 
 
-def test_predict_nifti_keeps_geometry(tmp_path):
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.mhd"])
+def test_predict_volume_keeps_geometry(tmp_path, name):
     model, bundle = _bundle(3, {"target_spacing": (2.5, 1.4, 1.4), "intensity": "zscore_case"})
     bundle.save(tmp_path / "model", model)
     vol = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(12, 40, 36)).astype(np.float32))
     vol.SetSpacing((0.7, 0.7, 2.5))
     vol.SetOrigin((-12.5, 30.0, 4.25))
-    sitk.WriteImage(vol, str(tmp_path / "ct.nii.gz"))
-    res = runner.invoke(app, ["predict", str(tmp_path / "ct.nii.gz"), "--run", str(tmp_path / "model"), "--out",
+    sitk.WriteImage(vol, str(tmp_path / name))
+    res = runner.invoke(app, ["predict", str(tmp_path / name), "--run", str(tmp_path / "model"), "--out",
                               str(tmp_path / "out"), "--probs"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    mask = sitk.ReadImage(str(tmp_path / "out" / "ct.nii.gz"))
+    mask = sitk.ReadImage(str(tmp_path / "out" / name))
     assert mask.GetSize() == vol.GetSize()
     np.testing.assert_allclose(mask.GetSpacing(), vol.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(mask.GetOrigin(), vol.GetOrigin(), atol=1e-5)
     np.testing.assert_allclose(mask.GetDirection(), vol.GetDirection(), atol=1e-6)
-    assert (tmp_path / "out" / "ct_prob.nii.gz").is_file()
+    ext = name.split(".", 1)[1]
+    assert (tmp_path / "out" / f"ct_prob.{ext}").is_file()
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")], "temporary files left"
 
 
 def test_predictor_from_a_checkpoint_file(cxr, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from agseg.data.errors import DataError
 from agseg.data.io import Geometry, data_files, detect_format, mask_path_for, read_image, split_ext, write_image
 from agseg.data.preprocess import invert
+from agseg.fileio import atomic_path
 from agseg.inference.bundle import ModelBundle, load_bundle
 from agseg.inference.sliding import logits_to_probs, predict_logits, predict_with_attention
 from agseg.training.trainer import amp_dtype, flush_denormal, resolve_device
@@ -187,19 +187,21 @@ def _safe_write(source: Path, target: Path, array: np.ndarray, geometry: Geometr
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix == "" and geometry.format == "dicom":  # a DICOM series folder
         return write_image(target, array, geometry, mask=mask)
-    stem, ext = split_ext(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=ext, dir=target.parent)
-    os.close(fd)
-    try:
-        written = write_image(tmp, array, geometry, mask=mask)
-        final = target if Path(written).suffix == Path(tmp).suffix else target.with_suffix(Path(written).suffix)
-        if Path(written).suffix.lower() == ".mhd":  # the .raw beside it moves too, and the header names it
-            _move_mhd(Path(written), final)
-        else:
+    ext = split_ext(target)[1]
+    if ext.lower() == ".mhd":  # header + .raw pair: written under a temporary name, then both moved
+        tmp = target.with_name(f".{split_ext(target)[0]}.{os.getpid()}.tmp.mhd")
+        try:
+            _move_mhd(Path(write_image(tmp, array, geometry, mask=mask)), target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+    with atomic_path(target, suffix=ext) as tmp:
+        written = Path(write_image(tmp, array, geometry, mask=mask))
+        if written != tmp:  # a JPEG mask written as PNG
+            final = target.with_suffix(written.suffix)
             os.replace(written, final)
-        return final
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+            return final
+    return target
 
 
 def _move_mhd(tmp_header: Path, final: Path) -> None:
