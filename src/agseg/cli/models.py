@@ -108,10 +108,10 @@ def _list_shipped(as_json: bool) -> None:
     if not rows:
         console.print("no trained models are shipped with this installation")
         return
-    table = Table(title="trained models shipped with agseg (agseg predict --model NAME)")
-    for col in ("name", "task", "trained on", "cross-validated performance", "licence"):
-        table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r.get("task", ""), r.get("trained_on", ""), r.get("cv_performance", ""),
-                      r.get("licence", ""))  # fmt: skip
-    console.print(table)
+        console.print(f"[bold]{r['name']}[/bold]: {r.get('task', '')}")
+        for key, label in (("model", "net"), ("trained_on", "trained on"), ("cv_performance", "performance"),
+                           ("licence", "licence")):  # fmt: skip
+            if r.get(key):
+                console.print(f"  {label}: {r[key]}")
+    console.print("use: agseg predict --model NAME INPUT... --out DIR")
