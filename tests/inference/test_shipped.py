@@ -1,0 +1,71 @@
+"""The trained models shipped with agseg work offline on a fresh install and keep each input's geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from typer.testing import CliRunner
+
+from agseg.cli import app
+from agseg.data.synthetic import chest_phantom
+from agseg.inference.pretrained import list_pretrained, pretrained_info, pretrained_path
+
+runner = CliRunner()
+
+
+def test_shipped_models_are_present_small_and_documented():
+    assert {"cxr-lungs", "hippocampus"} <= set(list_pretrained())
+    for name in ("cxr-lungs", "hippocampus"):
+        size = (pretrained_path(name) / "model.safetensors").stat().st_size
+        assert size <= 10 * 2**20, f"{name}: {size} bytes"
+        info = pretrained_info(name)
+        assert info["trained_on"] and info["licence"] and info["cv_performance"]
+
+
+def test_cxr_lungs_on_a_512_png(tmp_path):
+    image, mask = chest_phantom(512, rng=3)
+    Image.fromarray(image).save(tmp_path / "xray.png")
+    res = runner.invoke(
+        app, ["predict", "--model", "cxr-lungs", str(tmp_path / "xray.png"), "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "o" / "xray.png") as m:
+        pred = np.asarray(m) > 127
+    assert pred.shape == (512, 512)
+    ref = mask > 127
+    dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    assert dice > 0.5, f"the shipped lung model finds little of a phantom's lungs (Dice {dice:.2f})"
+
+
+def test_hippocampus_on_a_nifti_volume(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = sitk.GetImageFromArray(rng.normal(100, 20, size=(36, 50, 35)).astype(np.float32))
+    vol.SetSpacing((1.0, 1.0, 1.2))
+    vol.SetOrigin((10.0, -20.0, 5.0))
+    sitk.WriteImage(vol, str(tmp_path / "t1.nii.gz"))
+    res = runner.invoke(
+        app, ["predict", "--model", "hippocampus", str(tmp_path / "t1.nii.gz"), "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    out = sitk.ReadImage(str(tmp_path / "o" / "t1.nii.gz"))
+    assert out.GetSize() == vol.GetSize()
+    np.testing.assert_allclose(out.GetSpacing(), vol.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(out.GetOrigin(), vol.GetOrigin(), atol=1e-5)
+    assert set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1, 2}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name,dataset,case", [("cxr-lungs", "cxr_lungs", 0), ("hippocampus", "msd_hippocampus", 0)])
+def test_shipped_model_on_real_cases(shared_data, name, dataset, case):
+    """On cases it was trained on this is a sanity check of the packaging, not a performance claim."""
+    from agseg.data import load_dataset
+    from agseg.inference.predictor import Predictor
+    from agseg.metrics import dice
+
+    opts = {"mask_threshold": 127} if dataset == "cxr_lungs" else {}
+    c = load_dataset(shared_data / dataset, **opts)[case].load()
+    pred = Predictor.from_path(pretrained_path(name)).predict_array(c.image, c.geometry)
+    assert pred.label.shape == c.label.shape
+    assert dice(pred.label > 0, c.label > 0) > 0.8
