@@ -21,11 +21,13 @@ The convention (stated once here, repeated in every loss docstring):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
     "ACTIVATIONS",
@@ -220,3 +222,32 @@ def check_reduction(reduction: str) -> None:
     """Raise ``ValueError`` for an unknown reduction name."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class FunctionalLoss(nn.Module):
+    """Thin ``nn.Module`` over a functional loss: keeps the keyword arguments and passes them on.
+
+    Subclasses declare their keyword arguments explicitly (they are the public API) and call
+    ``super().__init__(fn, **init_kwargs(locals()))``; ``forward(input, target)`` is ``fn(input, target, **kw)``.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], **kw: Any) -> None:
+        super().__init__()
+        check_reduction(kw.get("reduction", "mean"))
+        for key in ("exclude_classes", "weight", "ce_weight"):  # plain lists: readable repr, YAML-safe
+            if kw.get(key) is not None and not isinstance(kw[key], torch.Tensor):
+                kw[key] = list(kw[key])
+        self._fn = fn
+        self.kw: dict[str, Any] = kw
+
+    def forward(self, input: Any, target: torch.Tensor) -> torch.Tensor:
+        """``input`` logits ``(B, C, *spatial)`` (or the list a loss accepts), ``target`` labels or one-hot."""
+        return self._fn(input, target, **self.kw)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.kw.items())
+
+
+def init_kwargs(scope: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of an ``__init__`` from its ``locals()`` (without ``self`` and ``__class__``)."""
+    return {k: v for k, v in scope.items() if k not in ("self", "__class__")}

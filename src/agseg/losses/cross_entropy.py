@@ -9,12 +9,10 @@ or one-hot ``(B, C, *spatial)``. Computed in float32 from log-sigmoid / log-soft
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
-from agseg.losses._common import Prepared, check_reduction, masked_mean, prepare
+from agseg.losses._common import FunctionalLoss, Prepared, check_reduction, init_kwargs, masked_mean, prepare
 
 __all__ = [
     "BalancedCrossEntropyLoss",
@@ -184,7 +182,7 @@ def balanced_cross_entropy_loss(
     return (elem * m).sum() / m.sum().clamp_min(1.0)
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(FunctionalLoss):
     """Module wrapper of :func:`cross_entropy_loss` (logits ``(B, C, *spatial)``; BCE when ``C == 1``)."""
 
     def __init__(
@@ -195,38 +193,19 @@ class CrossEntropyLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            weight=list(weight) if weight is not None else None,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return cross_entropy_loss(input, target, **self.kw)
+        super().__init__(cross_entropy_loss, **init_kwargs(locals()))
 
 
-class BinaryCrossEntropyLoss(nn.Module):
+class BinaryCrossEntropyLoss(FunctionalLoss):
     """Module wrapper of :func:`binary_cross_entropy_loss` (every channel a sigmoid logit)."""
 
     def __init__(
         self, *, weight: Sequence[float] | None = None, activation: str = "sigmoid", reduction: str = "mean"
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            weight=list(weight) if weight is not None else None, activation=activation, reduction=reduction
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` binary mask(s) or labels."""
-        return binary_cross_entropy_loss(input, target, **self.kw)
+        super().__init__(binary_cross_entropy_loss, **init_kwargs(locals()))
 
 
-class BalancedCrossEntropyLoss(nn.Module):
+class BalancedCrossEntropyLoss(FunctionalLoss):
     """Module wrapper of :func:`balanced_cross_entropy_loss` (FocusNet++ ``C_b``, ``Omega = 0.7``)."""
 
     def __init__(
@@ -237,15 +216,4 @@ class BalancedCrossEntropyLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            omega=omega,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return balanced_cross_entropy_loss(input, target, **self.kw)
+        super().__init__(balanced_cross_entropy_loss, **init_kwargs(locals()))

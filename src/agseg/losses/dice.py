@@ -20,12 +20,18 @@ and from the loss (seed 001, fine-tuning with the spleen/kidney outputs excluded
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
-from agseg.losses._common import check_reduction, masked_pg, prepare, reduce_loss, sum_spatial
+from agseg.losses._common import (
+    FunctionalLoss,
+    check_reduction,
+    init_kwargs,
+    masked_pg,
+    prepare,
+    reduce_loss,
+    sum_spatial,
+)
 from agseg.losses.cross_entropy import cross_entropy_loss
 
 __all__ = ["DiceCELoss", "DiceLoss", "dice_ce_loss", "dice_loss", "soft_dice_per_class"]
@@ -103,7 +109,7 @@ def dice_loss(
     return reduce_loss((1.0 - d).mean(1), reduction)
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(FunctionalLoss):
     """Module wrapper of :func:`dice_loss` (logits in; ``(B, C, *spatial)``; see the module docstring).
 
     ``DiceLoss(squared=True)`` is the V-Net soft Dice loss (seed 000 appendix A); the default is the plain-sum
@@ -121,24 +127,7 @@ class DiceLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            squared=squared,
-            smooth=smooth,
-            include_background=include_background,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            batch=batch,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return dice_loss(input, target, **self.kw)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kw.items())
+        super().__init__(dice_loss, **init_kwargs(locals()))
 
 
 def dice_ce_loss(
@@ -174,7 +163,7 @@ def dice_ce_loss(
     return lambda_dice * d + lambda_ce * ce
 
 
-class DiceCELoss(nn.Module):
+class DiceCELoss(FunctionalLoss):
     """Module wrapper of :func:`dice_ce_loss` (logits ``(B, C, *spatial)`` in, scalar out)."""
 
     def __init__(
@@ -190,22 +179,4 @@ class DiceCELoss(nn.Module):
         ce_weight: Sequence[float] | None = None,
         activation: str = "auto",
     ) -> None:
-        super().__init__()
-        self.kw: dict[str, Any] = dict(
-            lambda_dice=lambda_dice,
-            lambda_ce=lambda_ce,
-            squared=squared,
-            smooth=smooth,
-            include_background=include_background,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            batch=batch,
-            ce_weight=list(ce_weight) if ce_weight is not None else None,
-            activation=activation,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return dice_ce_loss(input, target, **self.kw)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kw.items())
+        super().__init__(dice_ce_loss, **init_kwargs(locals()))

@@ -12,12 +12,10 @@ or one-hot ``(B, C, *spatial)``. Computed in float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
-from agseg.losses._common import check_reduction, masked_mean, prepare, reduce_loss
+from agseg.losses._common import FunctionalLoss, check_reduction, init_kwargs, masked_mean, prepare, reduce_loss
 
 __all__ = ["FocalLoss", "focal_loss"]
 
@@ -100,7 +98,7 @@ def focal_loss(
     return reduce_loss(elem, reduction)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(FunctionalLoss):
     """Module wrapper of :func:`focal_loss` (logits ``(B, C, *spatial)`` in)."""
 
     def __init__(
@@ -112,16 +110,4 @@ class FocalLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            alpha=alpha if alpha is None or isinstance(alpha, (int, float)) else list(alpha),
-            gamma=gamma,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return focal_loss(input, target, **self.kw)
+        super().__init__(focal_loss, **init_kwargs(locals()))

@@ -27,7 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from agseg.losses._common import check_reduction, masked_mean, masked_pg, prepare, reduce_loss, sum_spatial
+from agseg.losses._common import (
+    FunctionalLoss,
+    check_reduction,
+    init_kwargs,
+    masked_mean,
+    masked_pg,
+    prepare,
+    reduce_loss,
+    sum_spatial,
+)
 from agseg.losses.cross_entropy import balanced_cross_entropy_loss
 from agseg.losses.tversky import tversky_loss
 
@@ -137,7 +146,7 @@ def anunet_hybrid_loss(
     return reduce_loss(total, reduction)
 
 
-class ANUNetHybridLoss(nn.Module):
+class ANUNetHybridLoss(FunctionalLoss):
     """Module wrapper of :func:`anunet_hybrid_loss`; ``forward`` takes one logits tensor or a list (summed)."""
 
     def __init__(
@@ -153,26 +162,7 @@ class ANUNetHybridLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            alpha=alpha,
-            gamma=gamma,
-            smooth=smooth,
-            eps=eps,
-            include_background=include_background,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            batch=batch,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """``outputs``: logits ``(B, C, *spatial)`` or a list of them; ``target`` labels or one-hot."""
-        return anunet_hybrid_loss(outputs, target, **self.kw)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kw.items())
+        super().__init__(anunet_hybrid_loss, **init_kwargs(locals()))
 
 
 # --------------------------------------------------------------------------------------- FocusNet++ (seed 004)
@@ -349,7 +339,7 @@ class AdaptiveLogLoss(nn.Module):
         return f"gamma={self.gamma}, omega={self.omega}, epsilon={self.epsilon}"
 
 
-class FocusNetHybridLoss(nn.Module):
+class FocusNetHybridLoss(FunctionalLoss):
     """Module wrapper of :func:`focusnet_hybrid_loss` (ALL-HL, seed 004; logits ``(B, C, *spatial)`` in)."""
 
     def __init__(
@@ -369,27 +359,4 @@ class FocusNetHybridLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            k=k,
-            ce_omega=ce_omega,
-            tversky_alpha=tversky_alpha,
-            tversky_beta=tversky_beta,
-            smooth=smooth,
-            gamma=gamma,
-            omega=omega,
-            epsilon=epsilon,
-            include_background=include_background,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            batch=batch,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return focusnet_hybrid_loss(input, target, **self.kw)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kw.items())
+        super().__init__(focusnet_hybrid_loss, **init_kwargs(locals()))

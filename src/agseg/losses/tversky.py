@@ -15,12 +15,18 @@ classes (``TL = sum_c (1 - TI)``), the default here averages (``class_reduction=
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
-from agseg.losses._common import check_reduction, masked_pg, prepare, reduce_loss, sum_spatial
+from agseg.losses._common import (
+    FunctionalLoss,
+    check_reduction,
+    init_kwargs,
+    masked_pg,
+    prepare,
+    reduce_loss,
+    sum_spatial,
+)
 
 __all__ = ["TverskyLoss", "tversky_index", "tversky_loss"]
 
@@ -99,7 +105,7 @@ def tversky_loss(
     return reduce_loss(per_sample, reduction)
 
 
-class TverskyLoss(nn.Module):
+class TverskyLoss(FunctionalLoss):
     """Module wrapper of :func:`tversky_loss` (logits ``(B, C, *spatial)`` in; ``alpha=0.3, beta=0.7``)."""
 
     def __init__(
@@ -115,23 +121,4 @@ class TverskyLoss(nn.Module):
         activation: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.kw: dict[str, Any] = dict(
-            alpha=alpha,
-            beta=beta,
-            smooth=smooth,
-            include_background=include_background,
-            exclude_classes=list(exclude_classes) if exclude_classes is not None else None,
-            batch=batch,
-            class_reduction=class_reduction,
-            activation=activation,
-            reduction=reduction,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``input`` logits ``(B, C, *spatial)``, ``target`` labels or one-hot."""
-        return tversky_loss(input, target, **self.kw)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kw.items())
+        super().__init__(tversky_loss, **init_kwargs(locals()))
