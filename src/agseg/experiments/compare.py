@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -567,6 +567,11 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _model_rows(c: Comparison, cell: Callable[[dict[str, Any]], str]) -> list[list[str]]:
+    """One row per model: its label, then ``cell(summary row)`` for every metric."""
+    return [[r.label, *(cell(c.summary_row(r.label, m)) for m in c.metrics)] for r in c.runs]
+
+
 def to_markdown(comparison: Comparison) -> str:
     """The comparison as Markdown: runs, per-model tables (per case and per fold), pairwise tests per metric."""
     c = comparison
@@ -580,26 +585,17 @@ def to_markdown(comparison: Comparison) -> str:
 
     out += ["## Per-model results", "", "Per case, all folds and repeats: mean ± std (median); undefined values"]
     out += ["(NaN/inf) are left out and counted.", ""]
-    rows = []
-    for r in c.runs:
-        cells = [r.label]
-        for m in c.metrics:
-            s = c.summary_row(r.label, m)
-            cell = f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({_fmt(s['median'])})"
-            if s["n_undefined"]:
-                cell += f" [{s['n_undefined']}/{s['n']} undefined]"
-            cells.append(cell)
-        rows.append(cells)
-    out += [_md_table(["Model", *c.metrics], rows), ""]
 
+    def per_case(s: dict[str, Any]) -> str:
+        cell = f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({_fmt(s['median'])})"
+        return cell + (f" [{s['n_undefined']}/{s['n']} undefined]" if s["n_undefined"] else "")
+
+    def per_fold(s: dict[str, Any]) -> str:
+        return f"{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])} ({s['n_folds']} folds)"
+
+    out += [_md_table(["Model", *c.metrics], _model_rows(c, per_case)), ""]
     out += ["Mean ± std of the per-fold means (as the thesis Tables 4.1-4.8 report fold averages):", ""]
-    rows = []
-    for r in c.runs:
-        cells = [r.label]
-        for m in c.metrics:
-            s = c.summary_row(r.label, m)
-            cells.append(f"{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])} ({s['n_folds']} folds)")
-        rows.append(cells)
+    rows = _model_rows(c, per_fold)
     out += [_md_table(["Model", *c.metrics], rows), ""]
 
     if c.pairwise:
