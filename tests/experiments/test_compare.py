@@ -193,6 +193,8 @@ def test_write_comparison_files_and_markdown(runs, tmp_path):
     row = cmp.pair("dice", "unet", "attention_multi")
     assert format_p(row["kw_p"]) in md and format_p(row["wilcoxon_p"]) in md
     assert "Kruskal-Wallis p" in md and "Wilcoxon p" in md and "[2/40 undefined]" in md
+    # sources outside the working directory show as their last two parts, never as a machine path
+    assert str(tmp_path) not in md and f"| {a.name}/metrics.csv |" in md
     with (tmp_path / "out" / "pairwise.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and float(rows[0]["kw_p"]) == pytest.approx(row["kw_p"])

@@ -572,6 +572,14 @@ def _model_rows(c: Comparison, cell: Callable[[dict[str, Any]], str]) -> list[li
     return [[r.label, *(cell(c.summary_row(r.label, m)) for m in c.metrics)] for r in c.runs]
 
 
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when inside it, else its last two parts (no machine paths)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*Path(path).parts[-2:]).as_posix()
+
+
 def to_markdown(comparison: Comparison) -> str:
     """The comparison as Markdown: runs, per-model tables (per case and per fold), pairwise tests per metric."""
     c = comparison
@@ -579,7 +587,7 @@ def to_markdown(comparison: Comparison) -> str:
     run_rows = []
     for r in c.runs:
         run_rows.append(
-            [r.label, str(r.source), str(len(r)), str(len(set(r.repeat.tolist()))), str(len(set(r.fold.tolist())))]
+            [r.label, _display_path(r.source), str(len(r)), str(len(set(r.repeat.tolist()))), str(len(set(r.fold.tolist())))]
         )
     out += [_md_table(["Model", "Source", "Rows", "Repeats", "Folds"], run_rows), ""]
 
