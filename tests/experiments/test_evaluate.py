@@ -9,10 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from agseg.cli import app
+from agseg.config import from_dict
+from agseg.data import load_dataset, write_dataset
 from agseg.data.errors import DataError
-from agseg.data.io import Geometry, write_mask
-from agseg.experiments.evaluate import evaluate_folders
-from agseg.metrics import dice, hd95
+from agseg.data.io import Geometry, mask_path_for, read_mask, write_mask
+from agseg.experiments.evaluate import evaluate_folders, evaluate_run
+from agseg.experiments.run import run_cv
+from agseg.metrics import dice, hd95, read_csv
 
 
 def _disc(shape, centre, r):
@@ -28,7 +31,8 @@ def test_png_folders_binary(tmp_path):
         preds[i] = _disc((40, 40), (21, 19), 8)
         write_mask(tmp_path / "ref" / f"c{i}.png", refs[i], g)
         write_mask(tmp_path / "pred" / f"c{i}.png", preds[i], g)
-    rows, summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", metrics=["dice", "hd95"])
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", metrics=["dice", "hd95"])
+    rows, summary = res.rows, res.summary
     assert [r["case_id"] for r in rows] == ["c0", "c1", "c2"]
     for i, r in enumerate(rows):
         assert r["dice"] == pytest.approx(dice(preds[i], refs[i]))
@@ -36,6 +40,11 @@ def test_png_folders_binary(tmp_path):
     assert summary["dice"]["n"] == 3
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["metrics"]["dice"]["mean"] == pytest.approx(np.mean([r["dice"] for r in rows]))
+    # pooled Dice = Dice of all cases' pixels laid side by side (not the mean of per-case values)
+    pooled = dice(np.concatenate([preds[i] for i in range(3)]), np.concatenate([refs[i] for i in range(3)]))
+    assert res.pooled["dice"] == pytest.approx(pooled) and saved["pooled"]["dice"] == pytest.approx(pooled)
+    assert res.pooled["dice"] != pytest.approx(summary["dice"]["mean"], abs=1e-6)
+    assert res.pooled["n_cases"] == 3
 
 
 def test_nifti_multiclass_with_spacing_and_empty_prediction(tmp_path):
@@ -48,11 +57,14 @@ def test_nifti_multiclass_with_spacing_and_empty_prediction(tmp_path):
     pred[:, :, :] = np.where(ref == 2, 0, ref)  # label 2 missed entirely
     write_mask(tmp_path / "ref" / "a.nii.gz", ref, g)
     write_mask(tmp_path / "pred" / "a.nii.gz", pred, g)
-    rows, summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, metrics=["dice", "hd"])
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, metrics=["dice", "hd"])
+    rows, summary = res.rows, res.summary
     r = rows[0]
     assert r["dice_1"] == pytest.approx(1.0) and r["dice_2"] == 0.0
     assert r["hd_1"] == 0.0 and np.isinf(r["hd_2"])
     assert summary["hd_2"]["n_undefined"] == 1  # counted, not dropped
+    assert set(res.pooled) == {"1", "2"} and res.pooled["1"]["dice"] == 1.0
+    assert res.pooled["2"]["recall"] == 0.0 and np.isnan(res.pooled["2"]["precision"])  # nothing predicted as 2
 
 
 def test_mismatched_shapes_and_missing_folders_are_named(tmp_path):
@@ -62,3 +74,52 @@ def test_mismatched_shapes_and_missing_folders_are_named(tmp_path):
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     res = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path / "ref")])
     assert res.exit_code != 0 and "nope" in res.output
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred")])  # --ref missing
+    assert res.exit_code == 2 and "--run" in res.output
+    res = CliRunner().invoke(app, ["evaluate", "--run", str(tmp_path / "ref")])  # not a CV folder
+    assert res.exit_code == 1 and "no finished fold" in res.output
+
+
+def test_evaluate_run_reproduces_the_cv_table_and_adds_pooled(tmp_path):
+    cxr = write_dataset(tmp_path / "cxr", "cxr", n=6, size=48, seed=2)
+    raw = {
+        "name": "tiny",
+        "data": {"path": str(cxr), "options": {"mask_threshold": 127},
+                 "preprocess": {"target_size": [32, 32], "intensity": "minmax01"}},
+        "model": {"name": "unet", "channels": [4, 8, 16]},
+        "train": {"epochs": 1, "batch_size": 2, "amp": "off"},
+        "cv": {"folds": 2, "val_fraction": 0.0},
+        "eval": {"metrics": ["dice", "hd95"]},
+    }  # fmt: skip
+    cv = run_cv(from_dict(raw), tmp_path / "cv", progress=False)
+    res = evaluate_run(tmp_path / "cv", tmp_path / "ev", metrics=["dice", "hd95", "recall"], progress=False)
+    assert len(res.rows) == len(cv.rows) == 6
+    by_case = {r["case_id"]: r for r in cv.rows}
+    for r in res.rows:  # same predictions, same references: the CV's own numbers come back
+        assert r["dice"] == pytest.approx(by_case[r["case_id"]]["dice"])
+        assert r["hd95"] == pytest.approx(by_case[r["case_id"]]["hd95"], nan_ok=True)
+        assert (r["repeat"], r["fold"]) == (by_case[r["case_id"]]["repeat"], by_case[r["case_id"]]["fold"])
+    index = load_dataset(cxr, mask_threshold=127)
+    preds = [
+        read_mask(
+            mask_path_for(
+                index.get(r["case_id"]).image_paths[0], tmp_path / "cv" / f"repeat0_fold{r['fold']}" / "predictions"
+            )
+        )[0]
+        for r in res.rows
+    ]
+    refs = [index.get(r["case_id"]).load().label for r in res.rows]
+    tp = sum(int(((p != 0) & (q != 0)).sum()) for p, q in zip(preds, refs, strict=True))
+    total = sum(int((p != 0).sum() + (q != 0).sum()) for p, q in zip(preds, refs, strict=True))
+    assert res.pooled["dice"] == pytest.approx(2 * tp / total)
+    assert set(res.summary) == {"dice", "hd95", "recall"}  # repeat/fold are not metrics
+    saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert saved["pooled"]["dice"] == pytest.approx(res.pooled["dice"]) and saved["folds"] == [
+        "repeat0_fold0",
+        "repeat0_fold1",
+    ]
+    out = CliRunner().invoke(
+        app, ["evaluate", "--run", str(tmp_path / "cv" / "repeat0_fold1"), "-o", str(tmp_path / "ev1"), "-m", "dice"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "pooled" in out.output and len(read_csv(tmp_path / "ev1" / "metrics.csv")) == 3

@@ -12,6 +12,7 @@ from monai.metrics import compute_confusion_matrix_metric, compute_dice, compute
 from sklearn import metrics as skm
 
 from agseg.metrics import (
+    PooledOverlap,
     accuracy,
     confusion,
     dice,
@@ -182,3 +183,33 @@ def test_evaluate_case_binary_and_multiclass():
     row = evaluate_case(pred, ref, labels=[1, 2], metrics=("dice", "recall"))
     assert set(row) == {"dice_1", "dice_2", "recall_1", "recall_2"}
     assert row["dice_2"] == dice(pred == 2, ref == 2)
+
+
+def test_pooled_overlap_is_sklearn_on_all_voxels_together():
+    rng = np.random.default_rng(3)
+    cases = [(rng.random(s) > 0.6, rng.random(s) > 0.5) for s in [(5, 7), (12, 9, 4), (30,)]]
+    cases.append((np.zeros((4, 4), bool), np.zeros((4, 4), bool)))  # an empty case adds only true negatives
+    pooled = PooledOverlap()
+    for p, r in cases:
+        pooled.add(p, r)
+    res = pooled.result()
+    p_all = np.concatenate([p.ravel() for p, _ in cases])
+    r_all = np.concatenate([r.ravel() for _, r in cases])
+    assert res["dice"] == pytest.approx(skm.f1_score(r_all, p_all))
+    assert res["iou"] == pytest.approx(skm.jaccard_score(r_all, p_all))
+    assert res["precision"] == pytest.approx(skm.precision_score(r_all, p_all))
+    assert res["recall"] == res["sensitivity"] == pytest.approx(skm.recall_score(r_all, p_all))
+    assert res["specificity"] == pytest.approx(skm.recall_score(~r_all, ~p_all))
+    assert res["n_cases"] == 4 and res["tp"] + res["fp"] + res["fn"] + res["tn"] == p_all.size
+    assert res["dice"] != pytest.approx(np.mean([dice(p, r) for p, r in cases]))  # not the per-case mean
+
+
+def test_pooled_overlap_follows_the_empty_mask_convention():
+    both_empty = PooledOverlap()
+    both_empty.add(np.zeros(5), np.zeros(5))
+    assert both_empty.result()["dice"] == 1.0 and both_empty.result()["precision"] == 1.0
+    missed = PooledOverlap()
+    missed.add(np.zeros(5), np.ones(5))
+    assert missed.result()["dice"] == 0.0 and math.isnan(missed.result()["precision"])
+    with pytest.raises(ValueError, match="same shape"):
+        missed.add(np.zeros(4), np.zeros(5))

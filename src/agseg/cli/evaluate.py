@@ -14,18 +14,25 @@ console = Console()
 
 
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks."),
-    ref: Path = typer.Option(..., "--ref", help="Folder of reference masks (paired by file name)."),
+    pred: Path | None = typer.Option(None, "--pred", help="Folder of predicted masks."),
+    ref: Path | None = typer.Option(None, "--ref", help="Folder of reference masks (paired by file name)."),
+    run: Path | None = typer.Option(
+        None, "--run", help="Instead of --pred/--ref: re-evaluate the saved test predictions of an `agseg cv` folder."
+    ),
     out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="Where metrics.csv and summary.json go."),
     metric: list[str] | None = typer.Option(None, "--metric", "-m", help="Metric to compute (repeatable)."),
     labels: str = typer.Option("auto", help="'auto', 'binary', or comma-separated label values, e.g. 1,2."),
     ref_threshold: float | None = typer.Option(None, help="Binarise references as value > T (anti-aliased PNG: 127)."),
     pred_suffix: str = typer.Option("", help="Suffix of prediction file names to ignore when pairing (e.g. _pred)."),
 ) -> None:
-    """Per-case metrics and their summary (mean, std, median, undefined counts) for masks in two folders."""
-    from agseg.experiments.evaluate import evaluate_folders
+    """Per-case metrics, their summary (mean, std, median, undefined counts) and the pooled (dataset-level) overlap,
+    for masks in two folders or for the saved test predictions of a CV run."""
+    from agseg.experiments.evaluate import evaluate_folders, evaluate_run
     from agseg.metrics import list_metrics
 
+    if (run is not None and (pred is not None or ref is not None)) or (run is None and (pred is None or ref is None)):
+        typer.secho("error: give either --pred and --ref, or --run", fg="red", err=True)
+        raise typer.Exit(2)
     metrics = metric or ["dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd"]
     bad = [m for m in metrics if m not in list_metrics()]
     if bad:
@@ -41,15 +48,30 @@ def evaluate(
             )
             raise typer.Exit(2) from None
     try:
-        rows, summary = evaluate_folders(pred, ref, out, metrics, lab, ref_threshold, pred_suffix)
+        if run is not None:
+            result = evaluate_run(run, out, metrics)
+            title = f"{len(result.rows)} test cases of {run}"
+        else:
+            result = evaluate_folders(pred, ref, out, metrics, lab, ref_threshold, pred_suffix)  # type: ignore[arg-type]
+            title = f"{len(result.rows)} cases: {pred} vs {ref}"
     except DataError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
-    table = Table(title=f"{len(rows)} cases: {pred} vs {ref}")
+    summary = result.summary
+    table = Table(title=title)
     for col in ("metric", "mean", "std", "median", "n", "undefined"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, s in summary.items():
         table.add_row(name, fmt(s["mean"]), fmt(s["std"]), fmt(s["median"]), str(s["n"]), str(s["n_undefined"]))
     console.print(table)
+    pooled = result.pooled if "dice" not in result.pooled else {"": result.pooled}
+    ptable = Table(title="pooled over all cases (summed voxel counts)")
+    for col in ("label", "dice", "iou", "precision", "recall", "specificity"):
+        ptable.add_column(col, justify="left" if col == "label" else "right")
+    for label, p in pooled.items():
+        ptable.add_row(
+            label or "foreground", *(fmt(p[k]) for k in ("dice", "iou", "precision", "recall", "specificity"))
+        )
+    console.print(ptable)
     console.print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")

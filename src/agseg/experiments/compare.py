@@ -587,7 +587,13 @@ def to_markdown(comparison: Comparison) -> str:
     run_rows = []
     for r in c.runs:
         run_rows.append(
-            [r.label, _display_path(r.source), str(len(r)), str(len(set(r.repeat.tolist()))), str(len(set(r.fold.tolist())))]
+            [
+                r.label,
+                _display_path(r.source),
+                str(len(r)),
+                str(len(set(r.repeat.tolist()))),
+                str(len(set(r.fold.tolist()))),
+            ]
         )
     out += [_md_table(["Model", "Source", "Rows", "Repeats", "Folds"], run_rows), ""]
 

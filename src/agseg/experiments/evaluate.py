@@ -9,8 +9,11 @@ are counted, never dropped, by the summary (:func:`agseg.metrics.summarize`).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,17 @@ from tqdm.auto import tqdm
 
 from agseg.data.errors import DataError
 from agseg.data.io import data_files, read_mask, split_ext
-from agseg.metrics import evaluate_case, get_metric, summarize, write_csv, write_summary_json
+from agseg.metrics import (
+    PooledOverlap,
+    evaluate_case,
+    get_metric,
+    read_csv,
+    summarize,
+    write_csv,
+    write_summary_json,
+)
 
-__all__ = ["case_metrics", "evaluate_folders", "pair_masks"]
+__all__ = ["case_metrics", "evaluate_folders", "evaluate_run", "pair_masks", "pooled_overlap"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,56 @@ def case_metrics(
     for m in metrics:
         row[m] = float(np.mean([row[f"{m}_{int(lab)}"] for lab in labels]))
     return row
+
+
+class _Pool:
+    """Pooled counts for a binary task (``labels=None``: non-zero is foreground) or one per label."""
+
+    def __init__(self, labels: Sequence[int] | None) -> None:
+        self.labels = None if labels is None else [int(lab) for lab in labels]
+        self.acc = {lab: PooledOverlap() for lab in (self.labels or [None])}
+
+    def add(self, pred: np.ndarray, ref: np.ndarray) -> None:
+        for lab, pooled in self.acc.items():
+            if lab is None:
+                pooled.add(pred != 0, ref != 0)
+            else:
+                pooled.add(pred == lab, ref == lab)
+
+    def result(self) -> dict[str, Any]:
+        if self.labels is None:
+            return self.acc[None].result()
+        return {str(lab): pooled.result() for lab, pooled in self.acc.items()}
+
+
+def pooled_overlap(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Dataset-level (pooled) overlap of ``(pred, ref)`` label maps (:class:`agseg.metrics.PooledOverlap`).
+
+    ``labels=None``: one dict (``dice``, ``precision``, ``recall``, ..., counts), non-zero is foreground; a label
+    list: ``{"1": {...}, "2": {...}}``.
+    """
+    pool = _Pool(labels)
+    for pred, ref in pairs:
+        pool.add(np.asarray(pred), np.asarray(ref))
+    return pool.result()
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate_folders` / :func:`evaluate_run`.
+
+    Attributes:
+        rows: one dict of metrics per case.
+        summary: metric -> :class:`agseg.metrics.MetricSummary` fields (mean, std, median, n_undefined, ...).
+        pooled: dataset-level overlap from summed counts (:func:`pooled_overlap`): binary tasks one dict,
+            multi-class tasks one dict per label.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    pooled: dict[str, Any]
 
 
 def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "") -> list[tuple[str, Path, Path]]:
@@ -81,8 +142,9 @@ def evaluate_folders(
     labels: Sequence[int] | str | None = "auto",
     ref_threshold: float | None = None,
     pred_suffix: str = "",
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-case metrics for two folders of masks, written to ``out_dir/metrics.csv`` and ``out_dir/summary.json``.
+) -> Evaluation:
+    """Per-case metrics for two folders of masks, written to ``out_dir/metrics.csv`` and ``out_dir/summary.json``
+    (which also holds the pooled overlap).
 
     Args:
         pred_dir: predicted masks (any supported format).
@@ -95,7 +157,7 @@ def evaluate_folders(
         pred_suffix: suffix of prediction names to ignore when pairing.
 
     Returns:
-        ``(rows, summary)``; ``summary`` maps metric -> :class:`agseg.metrics.MetricSummary` fields.
+        The :class:`Evaluation` (rows, summary, pooled).
 
     Raises:
         DataError: a pair whose shapes differ (both files named), unreadable files, or no pairs.
@@ -113,6 +175,7 @@ def evaluate_folders(
         fg = sorted(values - {0})
         labels = None if len(fg) <= 1 else fg
     rows: list[dict[str, Any]] = []
+    pool = _Pool(labels)  # type: ignore[arg-type]
     for case_id, pp, rp, ref, geom in tqdm(loaded, desc="evaluating", leave=False, disable=None):
         pred, _ = read_mask(pp)
         if pred.shape != ref.shape:
@@ -120,12 +183,94 @@ def evaluate_folders(
         row = {"case_id": case_id}
         row.update(case_metrics(pred, ref, geom.array_spacing, metrics, labels))  # type: ignore[arg-type]
         rows.append(row)
-    summary = summarize(rows)
+        pool.add(pred, ref)
+    return _finish(rows, pool.result(), out_dir, pred_dir=str(pred_dir), ref_dir=str(ref_dir))
+
+
+def _finish(rows: list[dict[str, Any]], pooled: dict[str, Any], out_dir: str | Path | None, **extra: Any) -> Evaluation:
+    cols = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("model", "repeat", "fold", "case_id")]
+    summary = summarize(rows, cols)
     if out_dir is not None:
         out = Path(out_dir)
         write_csv(rows, out / "metrics.csv")
-        write_summary_json(summary, out / "summary.json", pred_dir=str(pred_dir), ref_dir=str(ref_dir))
+        write_summary_json(summary, out / "summary.json", **extra, pooled=pooled)
     n_bad = {k: s.n_undefined for k, s in summary.items() if s.n_undefined}
     if n_bad:
         log.warning("undefined values (counted, not dropped): %s", n_bad)
-    return rows, {k: s.as_dict() for k, s in summary.items()}
+    return Evaluation(rows, {k: s.as_dict() for k, s in summary.items()}, pooled)
+
+
+def _fold_dirs(run_dir: Path) -> list[Path]:
+    def done(d: Path) -> bool:
+        return all((d / f).exists() for f in ("predictions", "config.yaml", "metrics.csv", "model/model.json"))
+
+    if done(run_dir):
+        return [run_dir]
+    return sorted(d for d in run_dir.glob("repeat*_fold*") if done(d))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    metrics: Sequence[str] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd95"),
+    progress: bool = True,
+) -> Evaluation:
+    """Re-evaluate the saved test predictions of a CV run (``agseg cv``) or of one of its folds, without
+    retraining: other metrics, or the pooled overlap, against the references of the dataset in each fold's config.
+
+    Args:
+        run_dir: the CV folder (with ``repeat{r}_fold{f}/predictions``) or one fold folder.
+        out_dir: where ``metrics.csv`` and ``summary.json`` go; None writes nothing.
+        metrics: metric names (``agseg.metrics.list_metrics()``).
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`Evaluation`; rows carry ``model``, ``repeat``, ``fold`` and ``case_id`` like the CV's table.
+
+    Raises:
+        DataError: no fold with predictions, a missing prediction (file named), or a shape mismatch.
+    """
+    from agseg.config import load_config
+    from agseg.data import load_dataset
+    from agseg.data.io import mask_path_for
+
+    run_dir = Path(run_dir)
+    for m in metrics:
+        get_metric(m)
+    folds = _fold_dirs(run_dir)
+    if not folds:
+        raise DataError(
+            run_dir, "no finished fold with predictions/ (expected a CV folder from `agseg cv` or one fold)"
+        )
+    jobs: list[tuple[Path, Any, Any]] = []
+    labels: list[int] | None = None
+    for fdir in folds:
+        cfg = load_config(fdir / "config.yaml")
+        index = load_dataset(cfg.data.path, None if cfg.data.layout == "auto" else cfg.data.layout, **cfg.data.options)
+        bundle = json.loads((fdir / "model" / "model.json").read_text(encoding="utf-8"))
+        fold_labels = [int(v) for v in bundle["labels"] if int(v) != 0]
+        labels = fold_labels if len(fold_labels) > 1 else None
+        for row in read_csv(fdir / "metrics.csv"):  # the fold's test cases, as its CV table lists them
+            jobs.append((fdir, cfg, index.get(str(row["case_id"]))))
+    rows: list[dict[str, Any]] = []
+    pool = _Pool(labels)
+    for fdir, cfg, ref in tqdm(jobs, desc="evaluating", unit="case", leave=False, disable=None if progress else True):
+        pp = mask_path_for(ref.image_paths[0], fdir / "predictions")
+        if not pp.exists():
+            raise DataError(pp, f"prediction for test case {ref.case_id!r} of {fdir.name} is missing")
+        case = ref.load()
+        pred, _ = read_mask(pp)
+        if pred.shape != case.label.shape:
+            raise DataError(pp, f"prediction shape {pred.shape} differs from the reference shape {case.label.shape}")
+        rep, fold = _fold_numbers(fdir.name)
+        row: dict[str, Any] = {"model": cfg.name, "repeat": rep, "fold": fold, "case_id": ref.case_id}
+        row.update(case_metrics(pred, case.label, case.geometry.array_spacing, metrics, labels))
+        rows.append(row)
+        pool.add(pred, case.label)
+    return _finish(rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds])
+
+
+def _fold_numbers(name: str) -> tuple[int, int]:
+    """``repeat{r}_fold{f}`` -> ``(r, f)``; ``(0, 0)`` for other names."""
+    m = re.fullmatch(r"repeat(\d+)_fold(\d+)", name)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)

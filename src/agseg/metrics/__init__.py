@@ -6,7 +6,8 @@ tensors and integer arrays are converted; non-zero is foreground). Empty masks f
 distances are 0.0 when both masks are empty and ``inf`` when exactly one is.
 
 Overlap (:mod:`~agseg.metrics.overlap`): :func:`dice`, :func:`iou`, :func:`precision`, :func:`recall`,
-:func:`sensitivity`, :func:`specificity`, :func:`accuracy`, :func:`confusion`, multi-class :func:`per_class`.
+:func:`sensitivity`, :func:`specificity`, :func:`accuracy`, :func:`confusion`, multi-class :func:`per_class`,
+dataset-level (pooled) ratios :class:`PooledOverlap`.
 Distance (:mod:`~agseg.metrics.distance`): :func:`hausdorff` (thesis eq. 3.4; ``percentile=95`` gives HD95),
 :func:`hd95`, :func:`assd`, :func:`surface`, :func:`surface_distances`.
 Tables (:mod:`~agseg.metrics.table`): :func:`evaluate_case`, :func:`summarize`, :func:`write_csv`,
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from agseg.metrics.distance import assd, hausdorff, hd95, surface, surface_distances
 from agseg.metrics.overlap import (
+    PooledOverlap,
     accuracy,
     as_bool,
     check_pair,
@@ -46,6 +48,7 @@ from agseg.metrics.table import (
 __all__ = [
     "DEFAULT_METRICS",
     "MetricSummary",
+    "PooledOverlap",
     "accuracy",
     "as_bool",
     "assd",

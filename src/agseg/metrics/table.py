@@ -9,6 +9,7 @@ over which mean/std/median are computed) and ``n_undefined`` (NaN, +/-inf or mis
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from agseg.fileio import atomic_write_text
 from agseg.metrics.overlap import check_pair
 
 __all__ = [
@@ -157,12 +159,12 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     cols: list[str] = []
     for row in rows:
         cols.extend(k for k in row if k not in cols)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="raise")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k, "") for k in cols})
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="raise")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: row.get(k, "") for k in cols})
+    return atomic_write_text(path, buf.getvalue())  # a crash never leaves a half-written table
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -178,14 +180,22 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def write_summary_json(summary: Mapping[str, MetricSummary], path: str | Path, **extra: Any) -> Path:
-    """Write ``{metric: {mean, std, median, ..., n_undefined}}`` (NaN/inf as ``null``) plus ``extra`` keys."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = dict(extra)
+    """Write ``{metric: {mean, std, median, ..., n_undefined}}`` plus ``extra`` keys (NaN/inf anywhere as
+    ``null``), atomically."""
+    data: dict[str, Any] = _json_safe(dict(extra))
     data["metrics"] = {k: v.as_dict() for k, v in summary.items()}
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def evaluate_case(
