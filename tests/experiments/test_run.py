@@ -53,6 +53,8 @@ def test_cv_writes_a_complete_record_and_skips_finished_folds(cxr, tmp_path):
         assert (out / f).is_file(), f
     fold = out / "repeat0_fold0"
     assert (fold / "model" / "model.safetensors").is_file() and (fold / "checkpoints" / "last.pt").is_file()
+    info = json.loads((fold / "model" / "model.json").read_text(encoding="utf-8"))["info"]
+    assert info["selected_epoch"] == 1 and info["best_epoch"] in (None, 1)
     assert len(list((fold / "predictions").iterdir())) == 3
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["folds_done"] == 1 and summary["metrics"]["dice"]["n"] == 3

@@ -76,7 +76,18 @@ def test_training_reduces_loss_and_writes_files(tmp_path):
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     assert (tmp_path / "checkpoints" / "best.pt").is_file() and (tmp_path / "log.csv").is_file()
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")], "temp files left"
-    assert 1 <= res.best_epoch <= 3
+    assert 1 <= res.best_epoch <= 3 and res.selected_epoch == res.best_epoch
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"]
+    for k, v in tr.model.state_dict().items():  # the model holds the selected (best) epoch's weights
+        torch.testing.assert_close(v, best[k], rtol=0, atol=0)
+
+
+def test_without_validation_the_last_epoch_is_selected(tmp_path):
+    torch.manual_seed(0)
+    model = agseg.create_model("unet", spatial_dims=2, channels=(4, 8))
+    cfg = TrainConfig(epochs=2, batch_size=2, amp="off", channels_last=False, select="best")
+    res = Trainer(model, bce, Squares(4), None, cfg, tmp_path, seed=3).fit()
+    assert res.best_epoch == -1 and res.selected_epoch == 2 and res.checkpoint.name == "last.pt"
 
 
 def test_gradient_accumulation_steps(tmp_path):

@@ -229,7 +229,8 @@ def train_model(
         num_workers=cfg.data.num_workers,
     )
     result = trainer.fit(resume=resume)
-    bundle.info.update({"epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": result.seconds})
+    bundle.info.update({"epochs": result.epochs_run, "best_epoch": result.best_epoch if result.best_epoch > 0 else None,
+                        "selected_epoch": result.selected_epoch, "train_seconds": result.seconds})  # fmt: skip
     bundle.save(run_dir / "model", trainer.model)
     if evaluate_val and val_cases:
         predictor = Predictor(trainer.model, bundle, device=cfg.train.device, amp=cfg.train.amp)

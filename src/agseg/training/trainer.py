@@ -178,6 +178,7 @@ class TrainResult:
     checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    selected_epoch: int = 0  # the epoch whose weights the model holds (best, or last without validation)
 
 
 class Trainer:
@@ -418,6 +419,7 @@ class Trainer:
         chosen = self.best_path if cfg.select == "best" and self.best_path.is_file() else self.last_path
         if chosen == self.best_path:
             self.model.load_state_dict(load_checkpoint(chosen)["model"])
+        last_epoch = int(self.history[-1]["epoch"]) if self.history else 0
         return TrainResult(
             epochs_run=len(self.history),
             best_epoch=self.best_epoch,
@@ -425,6 +427,7 @@ class Trainer:
             checkpoint=chosen,
             history=self.history,
             seconds=time.perf_counter() - t0,
+            selected_epoch=self.best_epoch if chosen == self.best_path else last_epoch,
         )
 
     @torch.no_grad()
