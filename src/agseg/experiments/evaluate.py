@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +241,7 @@ def evaluate_run(
         raise DataError(
             run_dir, "no finished fold with predictions/ (expected a CV folder from `agseg cv` or one fold)"
         )
-    jobs: list[tuple[Path, Any, Any]] = []
+    jobs: list[tuple[Any, Path, dict[str, Any]]] = []
     labels: list[int] | None = None
     for fdir in folds:
         cfg = load_config(fdir / "config.yaml")
@@ -251,10 +250,11 @@ def evaluate_run(
         fold_labels = [int(v) for v in bundle["labels"] if int(v) != 0]
         labels = fold_labels if len(fold_labels) > 1 else None
         for row in read_csv(fdir / "metrics.csv"):  # the fold's test cases, as its CV table lists them
-            jobs.append((fdir, cfg, index.get(str(row["case_id"]))))
+            ident = {"model": cfg.name, "repeat": int(row["repeat"]), "fold": int(row["fold"])}
+            jobs.append((index.get(str(row["case_id"])), fdir, {**ident, "case_id": str(row["case_id"])}))
     rows: list[dict[str, Any]] = []
     pool = _Pool(labels)
-    for fdir, cfg, ref in tqdm(jobs, desc="evaluating", unit="case", leave=False, disable=None if progress else True):
+    for ref, fdir, row in tqdm(jobs, desc="evaluating", unit="case", leave=False, disable=None if progress else True):
         pp = mask_path_for(ref.image_paths[0], fdir / "predictions")
         if not pp.exists():
             raise DataError(pp, f"prediction for test case {ref.case_id!r} of {fdir.name} is missing")
@@ -262,15 +262,7 @@ def evaluate_run(
         pred, _ = read_mask(pp)
         if pred.shape != case.label.shape:
             raise DataError(pp, f"prediction shape {pred.shape} differs from the reference shape {case.label.shape}")
-        rep, fold = _fold_numbers(fdir.name)
-        row: dict[str, Any] = {"model": cfg.name, "repeat": rep, "fold": fold, "case_id": ref.case_id}
         row.update(case_metrics(pred, case.label, case.geometry.array_spacing, metrics, labels))
         rows.append(row)
         pool.add(pred, case.label)
     return _finish(rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds])
-
-
-def _fold_numbers(name: str) -> tuple[int, int]:
-    """``repeat{r}_fold{f}`` -> ``(r, f)``; ``(0, 0)`` for other names."""
-    m = re.fullmatch(r"repeat(\d+)_fold(\d+)", name)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
