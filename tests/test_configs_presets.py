@@ -30,9 +30,11 @@ def test_preset_is_valid(path: Path):
     with __import__("torch").device("meta"):
         agseg.create_model(cfg.model.name, **cfg.model.kwargs)
     create_loss(cfg.train.loss, **cfg.train.loss_kwargs)
-    PreprocessConfig.from_dict(cfg.data.preprocess)
-    if cfg.data.augment:
-        AugmentConfig.from_dict(cfg.data.augment)
+    # the typed sections come back typed, and survive a YAML round trip unchanged
+    assert isinstance(cfg.data.preprocess, PreprocessConfig)
+    assert cfg.data.augment is None or isinstance(cfg.data.augment, AugmentConfig)
+    assert PreprocessConfig.from_dict(cfg.data.preprocess.to_dict()) == cfg.data.preprocess
+    assert cfg.replace() == cfg
     assert cfg.data.layout == "auto" or cfg.data.layout in list_layouts()
     assert set(cfg.eval.metrics) <= set(list_metrics())
     assert spec.task == "segmentation"

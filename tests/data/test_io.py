@@ -42,11 +42,11 @@ def test_3d_round_trip_keeps_geometry(tmp_path: Path, name: str, rotated_geometr
 
 
 @pytest.mark.parametrize("ext", [".png", ".bmp", ".tif"])
-def test_2d_mask_written_as_0_255(tmp_path: Path, ext: str) -> None:
+def test_2d_binary_mask_written_as_0_255(tmp_path: Path, ext: str) -> None:
     m = np.zeros((20, 30), np.uint8)
     m[5:10, 3:20] = 1
     g = Geometry.identity((20, 30), format=ext[1:], dtype="uint8")
-    p = write_mask(tmp_path / f"m{ext}", m, g)
+    p = write_mask(tmp_path / f"m{ext}", m, g, binary=True)
     raw, g2 = read_mask(p)
     assert set(np.unique(raw)) == {0, 255}
     np.testing.assert_array_equal(raw > 127, m > 0)
@@ -59,9 +59,19 @@ def test_multiclass_png_mask_keeps_values(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_mask(p)[0], m)
 
 
+@pytest.mark.parametrize("binary", [False, None])
+def test_mask_encoding_follows_the_label_set_not_the_pixels(tmp_path: Path, binary: bool | None) -> None:
+    # a multi-class prediction that happens to hold only class 1: written with value 1 (it used to become 255,
+    # which a re-evaluation then scored as class 255, i.e. class 1 missed)
+    m = np.zeros((6, 7), np.uint8)
+    m[1:3, 2:5] = 1
+    p = write_mask(tmp_path / "m.png", m, Geometry.identity((6, 7), format="png"), binary=binary)
+    np.testing.assert_array_equal(read_mask(p)[0], m)
+
+
 def test_jpeg_mask_is_written_as_png(tmp_path: Path) -> None:
     m = np.ones((8, 8), np.uint8)
-    p = write_mask(tmp_path / "x.jpg", m, Geometry.identity((8, 8), format="jpg"))
+    p = write_mask(tmp_path / "x.jpg", m, Geometry.identity((8, 8), format="jpg"), binary=True)
     assert p.suffix == ".png" and read_mask(p)[0].max() == 255
     assert mask_path_for(tmp_path / "in" / "x.jpeg", tmp_path / "out", "_pred").name == "x_pred.png"
     assert mask_path_for("a/ct.nii.gz", "o").as_posix() == "o/ct.nii.gz"

@@ -79,7 +79,7 @@ def test_round_trip_2d_png(tmp_path: Path) -> None:
     assert out.image.shape == (1, 64, 64) and set(np.unique(out.label)) == {0, 1}
     assert out.image.min() >= 0 and out.image.max() <= 1
     back, bg = invert(out.label, out.record)
-    p = write_mask(tmp_path / "pred.png", back, bg)
+    p = write_mask(tmp_path / "pred.png", back, bg, binary=True)
     m2, _g2 = read_mask(p)
     assert m2.shape == (96, 96) and set(np.unique(m2)) == {0, 255}
     assert _dice(m2 > 127, mask > 127, True) > 0.95

@@ -13,14 +13,16 @@ from typer.testing import CliRunner
 
 import agseg
 from agseg.cli import app
-from agseg.config import TrainConfig, from_dict
+from agseg.config import ConfigError, TrainConfig, from_dict
 from agseg.data import PreprocessConfig, Preprocessor, SegmentationDataset, load_dataset, write_dataset
 from agseg.data.augment import AugmentConfig
+from agseg.data.errors import DataError
 from agseg.data.io import Geometry
 from agseg.experiments.run import run_cv
 from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor
 from agseg.losses import create_loss
+from agseg.training.callbacks import Callback
 from agseg.training.trainer import Trainer
 
 runner = CliRunner()
@@ -76,12 +78,13 @@ def test_models_share_splits_for_paired_comparison(cxr, tmp_path):
 
 
 def test_config_errors_name_what_is_valid(cxr, tmp_path):
-    with pytest.raises(KeyError, match="registered models: .*attention_unet"):
-        run_cv(tiny_cfg(cxr, model="vnet"), tmp_path / "x", folds=[0])
-    with pytest.raises(KeyError, match="dice_ce"):
-        run_cv(tiny_cfg(cxr, **{"train.loss": "dicey"}), tmp_path / "y", folds=[0])
-    with pytest.raises(Exception, match="nowhere"):
+    with pytest.raises(ConfigError, match="model.name.*registered models: .*attention_unet"):
+        tiny_cfg(cxr, model="vnet")
+    with pytest.raises(ConfigError, match="train.loss.*dice_ce"):
+        tiny_cfg(cxr, **{"train.loss": "dicey"})
+    with pytest.raises(DataError, match="nowhere.*not found"):
         run_cv(tiny_cfg(tmp_path / "nowhere"), tmp_path / "z")
+    assert not (tmp_path / "z").exists(), "a failed run left a directory"
 
 
 def _bundle(spatial_dims: int, preprocess: dict) -> tuple[torch.nn.Module, ModelBundle]:
@@ -144,22 +147,25 @@ def test_resume_with_seeded_augmentation_gives_identical_weights(cxr, tmp_path):
     cases = list(load_dataset(cxr, mask_threshold=127))
     pre = Preprocessor(PreprocessConfig(target_size=(32, 32), intensity="minmax01"))
 
-    def trainer(run, callback=None):
+    class Crash(Callback):
+        def on_step_end(self, trainer, epoch, step):
+            if epoch == 3 and step == 1:
+                raise KeyboardInterrupt
+
+    def trainer(run, crash=False):
         torch.manual_seed(0)
         ds = SegmentationDataset(cases[:6], pre, cache=tmp_path / "cache", augment=AugmentConfig(), seed=5)
         model = agseg.create_model("attention_unet", spatial_dims=2, channels=(4, 8, 16))
         cfg = TrainConfig(epochs=3, batch_size=2, amp="off", deterministic=True, channels_last=False)
-        return Trainer(model, create_loss("dice_ce"), ds, None, cfg, tmp_path / run, seed=1, step_callback=callback)
+        tr = Trainer(model, create_loss("dice_ce"), ds, None, cfg, tmp_path / run, seed=1)
+        if crash:
+            tr.callbacks.insert(0, Crash())
+        return tr
 
     ref = trainer("ref")
     ref.fit()
-
-    def crash(epoch, step):
-        if epoch == 2 and step == 0:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        trainer("run", crash).fit()
+        trainer("run", crash=True).fit()
     resumed = trainer("run")
     resumed.fit(resume=True)
     for k, v in ref.model.state_dict().items():

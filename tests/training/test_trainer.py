@@ -1,4 +1,5 @@
-"""Trainer: resume after a crash gives the same weights, accumulation, checkpoints are safe, init-from."""
+"""Trainer: resume after a crash gives the same weights, callbacks, loader injection, accumulation, checkpoints are
+safe, init-from."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from torch.utils.data import Dataset
 
 import agseg
 from agseg.config import TrainConfig
+from agseg.training.callbacks import Callback, EarlyStopping, default_callbacks
 from agseg.training.checkpoint import load_checkpoint, save_checkpoint, transfer_weights
-from agseg.training.trainer import Trainer, build_scheduler, quick_dice
+from agseg.training.trainer import Trainer, build_scheduler, default_loader, quick_dice
 
 
 class Squares(Dataset):
@@ -40,11 +42,30 @@ def bce(out, y):
     return sum(F.binary_cross_entropy_with_logits(o[:, 0].float(), y.float()) for o in outs) / len(outs)
 
 
-def make_trainer(tmp_path, callback=None, **cfg_kw):
+class OnStep(Callback):
+    """Calls ``fn(epoch, step)`` after every optimiser step (epochs count from 1)."""
+
+    main_process_only = False
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def on_step_end(self, trainer, epoch: int, step: int) -> None:
+        self.fn(epoch, step)
+
+
+def make_trainer(tmp_path, callback=None, model=None, **cfg_kw):
     torch.manual_seed(0)
-    model = agseg.create_model("attention_unet", spatial_dims=2, channels=(4, 8, 16), deep_supervision=True)
-    cfg = TrainConfig(epochs=3, batch_size=2, lr=1e-2, amp="off", deterministic=True, channels_last=False, **cfg_kw)
-    return Trainer(model, bce, Squares(8), Squares(4, seed=1), cfg, tmp_path, seed=3, step_callback=callback)
+    if model is None:
+        model = agseg.create_model("attention_unet", spatial_dims=2, channels=(4, 8, 16), deep_supervision=True)
+    kw = {"epochs": 3, "batch_size": 2, "lr": 1e-2, "amp": "off", "deterministic": True, "channels_last": False}
+    cfg = TrainConfig(**{**kw, **cfg_kw})
+    callbacks = default_callbacks(tmp_path, cfg, progress=False) + ([OnStep(callback)] if callback else [])
+    return Trainer(model, bce, Squares(8), Squares(4, seed=1), cfg, tmp_path, seed=3, callbacks=callbacks)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_after_crash_mid_epoch_gives_identical_weights(tmp_path):
@@ -52,7 +73,7 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(tmp_path):
     ref.fit()
 
     def crash(epoch: int, step: int) -> None:
-        if epoch == 1 and step == 1:
+        if epoch == 2 and step == 2:
             raise KeyboardInterrupt("simulated kill")
 
     broken = make_trainer(tmp_path / "run", crash)
@@ -61,13 +82,77 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
     resumed = make_trainer(tmp_path / "run")
     resumed.fit(resume=True)
-    assert len(resumed.history) == 3
     a, b = ref.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
-    # and a run that is not resumed but restarted differs (the test can fail)
-    assert (tmp_path / "run" / "log.csv").read_text(encoding="utf-8").count("\n") == 4
+    # the history is continued, not restarted: epochs 1, 2, 3 once each, epoch 1 as the uninterrupted run saw it
+    assert [int(r["epoch"]) for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[0]["train_loss"] == ref.history[0]["train_loss"]
+    assert resumed.history[-1]["train_loss"] == ref.history[-1]["train_loss"]
+    log_epochs = [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert log_epochs == ["1", "2", "3"]
+    # the test can fail: restoring the weights alone (without optimiser, schedule and RNG state) does not reproduce
+    # the uninterrupted run
+    partial = make_trainer(tmp_path / "partial")
+    partial.model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"])
+    partial.start_epoch = 1
+    partial.fit()
+    assert not _same_weights(ref.model.state_dict(), partial.model.state_dict())
+
+
+def test_callbacks_write_only_on_the_main_process(tmp_path, monkeypatch):
+    import agseg.training.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "is_main_process", lambda: False)
+    steps = []
+    tr = make_trainer(tmp_path / "rank1", lambda e, s: steps.append((e, s)), epochs=2)
+    tr.fit()
+    assert not (tmp_path / "rank1").exists(), "a non-main process wrote files"
+    assert len(steps) == 2 * 4  # callbacks that do not write (main_process_only=False) still run
+
+
+def test_injected_loader_and_wrapped_models_unwrapped_in_checkpoints(tmp_path):
+    calls = []
+    base = default_loader()
+
+    def loader(data, **kw):
+        calls.append(kw["shuffle"])
+        return base(data, **kw)
+
+    torch.manual_seed(0)
+    net = agseg.create_model("unet", spatial_dims=2, channels=(4, 8))
+    wrapped = torch.nn.DataParallel(net)  # state_dict keys of the wrapper carry "module."
+    cfg = TrainConfig(epochs=2, batch_size=2, amp="off", channels_last=False)
+    tr = Trainer(wrapped, bce, Squares(4), Squares(2, seed=1), cfg, tmp_path, loader=loader, callbacks=None)
+    tr.fit()
+    assert calls == [True, False, True, False]  # train + validation pass per epoch, through the injected factory
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    assert set(saved) == set(net.state_dict()) and not any(k.startswith("module.") for k in saved)
+
+
+def test_trainer_leaves_process_settings_alone(tmp_path):
+    before = torch.get_num_threads()
+    make_trainer(tmp_path, threads=max(1, before - 1) if before > 1 else 2)
+    assert torch.get_num_threads() == before
+
+
+def test_early_stopping_stops_and_its_state_survives_resume(tmp_path):
+    tr = make_trainer(tmp_path, epochs=6, early_stop_patience=1, early_stop_min_delta=1e6)
+    res = tr.fit()
+    # epoch 1 improves on inf; epoch 2 cannot improve by 1e6: stop after 2 of 6 epochs
+    assert res.epochs_run == 2 and res.stopped_early
+    stopper = next(c for c in tr.callbacks if isinstance(c, EarlyStopping))
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["callbacks"]["early_stopping"]
+    assert saved == stopper.state_dict() and saved["bad_epochs"] == 1
+
+
+def test_progress_is_printed_not_only_logged(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, batch_size=2, amp="off", channels_last=False)
+    Trainer(agseg.create_model("unet", spatial_dims=2, channels=(4, 8)), bce, Squares(4), None, cfg).fit()
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "train_loss" in out
 
 
 def test_training_reduces_loss_and_writes_files(tmp_path):
@@ -88,14 +173,13 @@ def test_without_validation_the_last_epoch_is_selected(tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=2, amp="off", channels_last=False, select="best")
     res = Trainer(model, bce, Squares(4), None, cfg, tmp_path, seed=3).fit()
     assert res.best_epoch == -1 and res.selected_epoch == 2 and res.checkpoint.name == "last.pt"
+    assert _same_weights(model.state_dict(), load_checkpoint(res.checkpoint)["model"])
 
 
 def test_gradient_accumulation_steps(tmp_path):
     steps = []
-    tr = make_trainer(tmp_path, lambda e, s: steps.append((e, s)), grad_accum=2)
-    tr.cfg = TrainConfig(**{**tr.cfg.__dict__, "epochs": 1})
-    tr.fit()
-    assert len(steps) == 2  # 8 cases, batch 2 -> 4 micro-batches -> 2 optimiser steps
+    make_trainer(tmp_path, lambda e, s: steps.append((e, s)), grad_accum=2, epochs=1).fit()
+    assert steps == [(1, 1), (1, 2)]  # 8 cases, batch 2 -> 4 micro-batches -> 2 optimiser steps
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
@@ -158,16 +242,15 @@ def test_denormal_flushing_does_not_leak_out_of_training(tmp_path):
     import numpy as np
 
     tiny = np.array([1e-40], dtype=np.float32)
-    tr = make_trainer(tmp_path)
-    tr.cfg = TrainConfig(**{**tr.cfg.__dict__, "epochs": 1})
-    tr.fit()
+    make_trainer(tmp_path, epochs=1).fit()
     assert (tiny * np.float32(1.0))[0] != 0, "denormals are still flushed after training"
 
 
 def test_attention_maps_saved_over_epochs(tmp_path):
-    tr = make_trainer(tmp_path)
-    tr.cfg = TrainConfig(**{**tr.cfg.__dict__, "epochs": 3, "attention_every": 2})
-    tr.fit()
+    from agseg.viz.attention import plot_saved_attention
+
+    make_trainer(tmp_path, epochs=3, attention_every=2).fit()
+    plot_saved_attention(tmp_path / "attention")
     saved = sorted(p.name for p in (tmp_path / "attention").glob("epoch_*.npz"))
     assert saved == ["epoch_002.npz", "epoch_003.npz"]  # every 2 epochs, and the last one
     import numpy as np

@@ -453,6 +453,13 @@ def list_layouts() -> list[str]:
     return sorted(_LAYOUTS)
 
 
+def layout_options(name: str) -> frozenset[str]:
+    """The option names layout ``name`` accepts (``KeyError`` listing the layouts for an unknown name)."""
+    if name not in _LAYOUTS:
+        raise KeyError(f"unknown layout {name!r}; known: {', '.join(list_layouts())}")
+    return _LAYOUTS[name].options
+
+
 class _Builder:
     """Shared per-layout settings -> CaseRef."""
 

@@ -419,7 +419,7 @@ def read_header(path: str | Path) -> Geometry:
 _RASTER_DTYPES = {"png": ("uint8", "uint16"), "jpg": ("uint8",), "bmp": ("uint8",), "tiff": ("uint8", "uint16")}
 
 
-def _mask_values(arr: np.ndarray, fmt: str) -> np.ndarray:
+def _mask_values(arr: np.ndarray, fmt: str, binary: bool | None) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr))):
@@ -427,8 +427,8 @@ def _mask_values(arr: np.ndarray, fmt: str) -> np.ndarray:
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
     if lo < 0:
         raise ValueError(f"negative label value {lo} cannot be written as a mask")
-    if fmt in RASTER_FORMATS and hi <= 1:
-        return (arr > 0).astype(np.uint8) * np.uint8(255)  # binary masks as 0/255 in 8-bit images
+    if binary and fmt in RASTER_FORMATS:
+        return (arr > 0).astype(np.uint8) * np.uint8(255)  # a binary label set as 0/255 in 8-bit images
     return arr.astype(np.uint8 if hi < 256 else np.uint16)
 
 
@@ -473,6 +473,7 @@ def write_image(
     geometry: Geometry,
     *,
     mask: bool = False,
+    binary: bool | None = None,
     compress: bool | None = None,
 ) -> Path:
     """Write ``array`` with ``geometry`` in the format named by ``path``'s ending (a folder for a DICOM geometry).
@@ -482,8 +483,11 @@ def write_image(
             that receives one ``.dcm`` per slice.
         array: ``(*spatial)`` or ``(C, *spatial)``; ``spatial`` must equal ``geometry.shape``.
         geometry: Spacing/origin/direction to write (raster formats cannot store them).
-        mask: Write integer labels: binary masks become 0/255 in PNG/TIFF/BMP, other labels are written as they are
-            (uint8, or uint16 above 255). JPEG is lossy, so a mask for a JPEG input is written as PNG (logged).
+        mask: Write integer labels as they are (uint8, or uint16 above 255). JPEG is lossy, so a mask for a JPEG
+            input is written as PNG (logged).
+        binary: With ``mask``: the mask belongs to a binary label set (background + one class), written as 0/255 in
+            PNG/TIFF/BMP so that it can be seen; other formats keep the values. The caller says so (from the
+            experiment's label set): the encoding never depends on which values a particular mask happens to hold.
         compress: Compress where the format allows; default: yes except ``.mhd`` (kept as ``.raw``, like LUNA16).
 
     Returns:
@@ -508,7 +512,7 @@ def write_image(
     if mask:
         if arr.ndim != nd:
             raise ValueError(f"{p}: a mask must be (*spatial), got {arr.shape}")
-        arr = _mask_values(arr, fmt)
+        arr = _mask_values(arr, fmt, binary)
         if fmt == "jpg":
             p = p.with_name(split_ext(p)[0] + ".png")
             fmt = "png"

@@ -196,7 +196,12 @@ def write_dataset(
                 m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
                 image[m] = g.uniform(0.5, 1.0)
                 geom = Geometry.identity((side, side), format="png", dtype="uint8")
-                write_mask(root / "stage1_train" / cid / "masks" / f"nucleus_{k:03d}.png", m.astype(np.uint8), geom)
+                write_mask(
+                    root / "stage1_train" / cid / "masks" / f"nucleus_{k:03d}.png",
+                    m.astype(np.uint8),
+                    geom,
+                    binary=True,
+                )
             grey = np.clip(ndimage.gaussian_filter(image, 1) + g.normal(0, 0.03, image.shape), 0, 1) * 255
             rgba = np.stack([grey, grey * 0.8, grey, np.full_like(grey, 255)]).round().astype(np.uint8)
             geom = Geometry.identity((side, side), format="png", dtype="uint8", n_channels=4)

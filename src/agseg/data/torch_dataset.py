@@ -28,6 +28,7 @@ from agseg.data.augment import AugmentConfig, Augmenter
 from agseg.data.cache import PreprocessCache
 from agseg.data.datasets import CaseRef
 from agseg.data.errors import DataError, SkippedCase
+from agseg.data.label_set import LabelSet
 from agseg.data.preprocess import Preprocessor, PreprocessRecord
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class SegmentationDataset(Dataset):
         label_channel: Yield ``label`` as ``(1, *spatial)`` instead of ``(*spatial)``.
         require_label: Raise for a case without a mask (training). With ``False`` unlabelled items have no
             ``"label"`` key.
+        label_set: The experiment's :class:`~agseg.data.label_set.LabelSet`: labels are yielded as its class
+            indices (0..K-1), and a value outside it raises a ``DataError`` naming the case. ``None``: raw values.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class SegmentationDataset(Dataset):
         seed: int | None = None,
         label_channel: bool = False,
         require_label: bool = True,
+        label_set: LabelSet | None = None,
     ) -> None:
         self.cases = list(cases)
         if not self.cases:
@@ -69,6 +73,7 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.label_channel = label_channel
         self.require_label = require_label
+        self.label_set = label_set
         self.epoch = 0
         self._augmenter: Augmenter | None = augment if isinstance(augment, Augmenter) else None
         if self.preprocessor.needs_fit:
@@ -104,6 +109,12 @@ class SegmentationDataset(Dataset):
         if self.require_label and not ref.has_mask:
             raise DataError(ref.image_paths[0], "case has no mask (a training dataset needs labels)", ref.case_id)
         image, label, _ = self.load(index)
+        if label is not None and self.label_set is not None:
+            try:
+                label = self.label_set.encode(label)
+            except ValueError as err:
+                where = ref.mask_paths[0] if ref.mask_paths else ref.image_paths[0]
+                raise DataError(where, str(err), ref.case_id) from None
         if self.augment is not None:
             if self._augmenter is None:
                 assert isinstance(self.augment, AugmentConfig)
@@ -168,3 +179,46 @@ class _Warm(Dataset):
         except DataError as e:
             return i, (e.path, e.problem)
         return i, None
+
+
+def case_target(ref: CaseRef) -> int | None:
+    """The image-level class of a case (``CaseRef.target``), or None."""
+    target = getattr(ref, "target", None)
+    if target is None:
+        target = ref.meta.get("target")
+    return None if target is None else int(target)
+
+
+class ClassificationDataset(SegmentationDataset):
+    """Cases with an image-level class -> preprocessed (cached), optionally augmented images and class indices.
+
+    Items: ``{"image": float32 (C, *spatial), "label": int64 () class index, "case_id": str}``. The class of a case is
+    its ``target`` (a label value of ``label_set``; ``CaseRef.target``); masks, when a case has them, are ignored.
+    """
+
+    def __init__(self, cases: Sequence[CaseRef], preprocessor: Preprocessor | None = None, **kw: Any) -> None:
+        label_set = kw.get("label_set")
+        super().__init__(cases, preprocessor, **{**kw, "require_label": False})
+        self.targets: list[int] = []
+        for ref in self.cases:
+            t = case_target(ref)
+            if t is None:
+                raise DataError(
+                    ref.image_paths[0], "case has no class (a classification dataset needs one)", ref.case_id
+                )
+            if label_set is not None:
+                label_set.check([t], ref.image_paths[0], ref.case_id)
+                t = int(label_set.encode(np.asarray([t]))[0])
+            self.targets.append(t)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ref = self.cases[index]
+        image, _, _ = self.load(index)
+        if self.augment is not None:
+            if self._augmenter is None:
+                assert isinstance(self.augment, AugmentConfig)
+                self._augmenter = Augmenter(self.augment, spatial_dims=image.ndim - 1, seed=None)
+            img_t, _ = self._augmenter(image, None, seed=self._sample_seed(index))
+        else:
+            img_t = torch.from_numpy(np.array(image, dtype=np.float32))
+        return {"image": img_t, "label": torch.tensor(self.targets[index], dtype=torch.int64), "case_id": ref.case_id}

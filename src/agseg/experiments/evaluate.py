@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from agseg.data.errors import DataError
 from agseg.data.io import data_files, read_mask, split_ext
+from agseg.data.label_set import LabelSet
 from agseg.metrics import (
     PooledOverlap,
     evaluate_case,
@@ -42,16 +43,25 @@ def case_metrics(
     spacing: Sequence[float] | None,
     metrics: Sequence[str],
     labels: Sequence[int] | None = None,
+    suffixes: Mapping[int, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of one case. ``labels=None``: binary (non-zero is foreground); else one column per label plus the
-    mean over labels under the plain metric name (NaN when any label's value is NaN; inf when any is inf)."""
+    mean over labels under the plain metric name (NaN when any label's value is NaN; inf when any is inf).
+
+    ``suffixes`` names the per-label columns (``{1: "anterior"}`` -> ``dice_anterior``; the label set's
+    :meth:`~agseg.data.label_set.LabelSet.column_suffixes`); by default the value (``dice_1``)."""
     for m in metrics:
         get_metric(m)  # unknown names fail here, listing the valid ones
     if labels is None:
         return evaluate_case(pred != 0, ref != 0, spacing=spacing, metrics=metrics)
-    row = evaluate_case(pred, ref, spacing=spacing, metrics=metrics, labels=labels)
+    raw = evaluate_case(pred, ref, spacing=spacing, metrics=metrics, labels=labels)
+    names = {int(lab): (suffixes or {}).get(int(lab), str(int(lab))) for lab in labels}
+    row = {}
+    for lab in labels:
+        for m in metrics:
+            row[f"{m}_{names[int(lab)]}"] = raw[f"{m}_{int(lab)}"]
     for m in metrics:
-        row[m] = float(np.mean([row[f"{m}_{int(lab)}"] for lab in labels]))
+        row[m] = float(np.mean([raw[f"{m}_{int(lab)}"] for lab in labels]))
     return row
 
 
@@ -245,10 +255,13 @@ def evaluate_run(
     labels: list[int] | None = None
     for fdir in folds:
         cfg = load_config(fdir / "config.yaml")
-        index = load_dataset(cfg.data.path, None if cfg.data.layout == "auto" else cfg.data.layout, **cfg.data.options)
+        index = load_dataset(
+            cfg.data.path, None if cfg.data.layout == "auto" else cfg.data.layout, **cfg.data.layout_kwargs()
+        )
         bundle = json.loads((fdir / "model" / "model.json").read_text(encoding="utf-8"))
-        fold_labels = [int(v) for v in bundle["labels"] if int(v) != 0]
-        labels = fold_labels if len(fold_labels) > 1 else None
+        label_set = LabelSet.from_bundle(bundle["labels"], bundle.get("class_names"))
+        labels = None if label_set.binary else list(label_set.foreground)
+        suffixes = label_set.column_suffixes()
         for row in read_csv(fdir / "metrics.csv"):  # the fold's test cases, as its CV table lists them
             ident = {"model": cfg.name, "repeat": int(row["repeat"]), "fold": int(row["fold"])}
             jobs.append((index.get(str(row["case_id"])), fdir, {**ident, "case_id": str(row["case_id"])}))
@@ -262,7 +275,7 @@ def evaluate_run(
         pred, _ = read_mask(pp)
         if pred.shape != case.label.shape:
             raise DataError(pp, f"prediction shape {pred.shape} differs from the reference shape {case.label.shape}")
-        row.update(case_metrics(pred, case.label, case.geometry.array_spacing, metrics, labels))
+        row.update(case_metrics(pred, case.label, case.geometry.array_spacing, metrics, labels, suffixes))
         rows.append(row)
         pool.add(pred, case.label)
     return _finish(rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds])

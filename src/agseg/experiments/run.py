@@ -6,13 +6,14 @@ A training run directory::
     RUN/env.json             package and library versions, machine, start time, command
     RUN/split.json           the case ids used for training and validation
     RUN/preprocess.json      the fitted preprocessing
+    RUN/labels.json          the label set (values, names, where it came from) and the label values of every case
     RUN/checkpoints/         last.pt (resume), best.pt
     RUN/log.csv, RUN/tb/     per-epoch metrics (CSV, TensorBoard)
     RUN/model/               model.json + model.safetensors: the bundle `agseg predict --run RUN` uses
 
 A cross-validation directory::
 
-    CV/config.yaml, CV/env.json, CV/splits.json
+    CV/config.yaml, CV/env.json, CV/splits.json, CV/labels.json (one label set for every fold)
     CV/repeat{r}_fold{f}/    a training run directory per fold, plus metrics.csv (test cases) and predictions/
     CV/metrics.csv           every test case of every finished fold (model, repeat, fold, case_id, metrics...)
     CV/summary.json          per metric: mean/std/median over cases, mean/std over folds, undefined counts
@@ -36,14 +37,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agseg.config import ExperimentConfig, save_config
-from agseg.data.augment import AugmentConfig
+from agseg.config import ConfigError, ExperimentConfig, from_dict, save_config
 from agseg.data.cache import PreprocessCache
 from agseg.data.datasets import CaseRef, DatasetIndex, load_dataset
 from agseg.data.errors import DataError
 from agseg.data.io import mask_path_for
-from agseg.data.preprocess import PreprocessConfig, Preprocessor
-from agseg.data.torch_dataset import SegmentationDataset
+from agseg.data.label_set import LabelSet, count_labels, declared_labels, resolve_label_set
+from agseg.data.preprocess import Preprocessor
+from agseg.data.torch_dataset import ClassificationDataset, SegmentationDataset, case_target
 from agseg.experiments.evaluate import case_metrics
 from agseg.experiments.splits import SplitPlan, load_or_create_splits, make_splits
 from agseg.fileio import atomic_write_text
@@ -51,11 +52,14 @@ from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor, _safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
 from agseg.metrics import summarize, write_csv, write_summary_json
+from agseg.nets.base import uses_deep_supervision
 from agseg.nets.registry import create_model, get_model_spec
+from agseg.runtime import set_threads
+from agseg.tasks import get_task
 from agseg.training.checkpoint import load_state_dict_file, transfer_weights
 from agseg.training.trainer import Trainer, TrainResult
 
-__all__ = ["CVResult", "TrainRun", "load_index", "run_cv", "train_model"]
+__all__ = ["CVResult", "TrainRun", "experiment_label_set", "load_index", "run_cv", "train_model"]
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +102,68 @@ def load_index(cfg: ExperimentConfig) -> DatasetIndex:
     if not cfg.data.path:
         raise DataError("data.path", "the config names no dataset (set data.path)")
     layout = None if cfg.data.layout == "auto" else cfg.data.layout
-    index = load_dataset(cfg.data.path, layout, **cfg.data.options)
-    cases = index.labelled()
+    index = load_dataset(cfg.data.path, layout, **cfg.data.layout_kwargs())
+    if cfg.task == "classification":
+        cases = [c for c in index if case_target(c) is not None]
+        what = "no case with a class: nothing to train or evaluate a classifier on"
+    else:
+        cases = index.labelled()
+        what = "no case with a mask: nothing to train or evaluate on"
     if cfg.data.limit:
         cases = cases[: cfg.data.limit]
     if not cases:
-        raise DataError(cfg.data.path, "no case with a mask: nothing to train or evaluate on")
+        raise DataError(cfg.data.path, what)
     return dataclasses.replace(index, cases=cases)
+
+
+def _validated(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` checked as a loaded config is (an ``ExperimentConfig`` built by hand skips the YAML loader)."""
+    try:
+        return from_dict(cfg.to_dict())
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def experiment_label_set(
+    cfg: ExperimentConfig, cases: Sequence[CaseRef], cache: PreprocessCache | None, index: DatasetIndex | None = None
+) -> tuple[LabelSet, dict[str, dict[int, int]]]:
+    """The experiment's label set and each case's label counts, every case checked against the set.
+
+    From ``data.labels``, else what the dataset declares (``dataset.json``, a descriptor), else counted over
+    ``cases`` (raw masks, once: the counts are cached). For a classifier, the classes are the cases' targets.
+
+    Raises:
+        DataError: a case holding a value outside a declared set (naming its mask file).
+    """
+    declared, source = (cfg.data.labels, "data.labels") if cfg.data.labels is not None else (None, "")
+    if declared is None and index is not None:
+        declared, source = declared_labels(index)
+    if cfg.task == "classification":
+        targets = {c.case_id: case_target(c) for c in cases}
+        counts = {cid: {int(t): 1} for cid, t in targets.items() if t is not None}
+        if declared is not None:
+            ls = LabelSet.from_mapping(declared, source)
+            for c in cases:
+                ls.check([case_target(c)], c.image_paths[0], c.case_id)
+        else:
+            values = {t for t in targets.values() if t is not None}
+            ls = LabelSet.from_values(values, source=f"classes of {len(counts)} cases")
+        return ls, counts
+    return resolve_label_set(list(cases), declared, source, cache, progress=True)
+
+
+def _labels_record(ls: LabelSet, counts: dict[str, dict[int, int]]) -> dict[str, Any]:
+    per_value = {str(v): sum(1 for c in counts.values() if v in c) for v in ls.values}
+    return {
+        "labels": {str(v): n for v, n in ls.to_dict().items()},
+        "source": ls.source,
+        "binary": ls.binary,
+        "out_channels": ls.out_channels,
+        "cases_with_value": per_value,
+        "cases": {cid: sorted(c) for cid, c in counts.items()},
+    }
 
 
 def _cache(cfg: ExperimentConfig, run_dir: Path) -> PreprocessCache:
@@ -112,28 +171,23 @@ def _cache(cfg: ExperimentConfig, run_dir: Path) -> PreprocessCache:
     return PreprocessCache(root)
 
 
-def _labels_of(dataset: SegmentationDataset, n: int = 16) -> list[int]:
-    """Label values found in up to ``n`` evenly spaced (preprocessed, cached) training cases."""
-    values: set[int] = set()
-    step = max(1, len(dataset) // n)
-    for i in range(0, len(dataset), step):
-        values |= {int(v) for v in np.unique(dataset.load(i)[1])}
-    return sorted(values | {0})
-
-
 def _resolve_model(
-    cfg: ExperimentConfig, in_channels: int, spatial_dims: int, labels: Sequence[int]
+    cfg: ExperimentConfig, in_channels: int, spatial_dims: int, label_set: LabelSet
 ) -> tuple[str, dict[str, Any]]:
     spec = get_model_spec(cfg.model.name)  # unknown names fail here, listing the valid ones
     kwargs = dict(cfg.model.kwargs)
-    n_classes = max(labels) + 1
     kwargs.setdefault("spatial_dims", spatial_dims)
     kwargs.setdefault("in_channels", in_channels)
-    kwargs.setdefault("out_channels", 1 if n_classes <= 2 else n_classes)
-    for key, have in (("spatial_dims", spatial_dims), ("in_channels", in_channels)):
+    kwargs.setdefault("out_channels", label_set.out_channels)
+    for key, have in (
+        ("spatial_dims", spatial_dims),
+        ("in_channels", in_channels),
+        ("out_channels", label_set.out_channels),
+    ):
         want = {**spec.defaults, **kwargs}.get(key)
         if want != have:
-            raise ValueError(f"model.{key} is {want} but the data has {have}")
+            what = f"the label set {{{label_set.describe()}}} needs" if key == "out_channels" else "the data has"
+            raise ConfigError(f"model.{key} is {want} but {what} {have}")
     return cfg.model.name, kwargs
 
 
@@ -156,12 +210,15 @@ def train_model(
     init_from: str | Path | None = None,
     init_classes: Sequence[int] | None = None,
     evaluate_val: bool = False,
+    label_set: LabelSet | None = None,
+    index: DatasetIndex | None = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> TrainRun:
     """Train ``cfg.model`` on ``train_cases`` (validating on ``val_cases``) into ``run_dir``.
 
     Args:
         cfg: the experiment config.
-        run_dir: output folder (created).
+        run_dir: output folder (created once the data checks have passed).
         train_cases, val_cases: the split.
         resume: continue from ``run_dir/checkpoints/last.pt`` when it exists.
         init_from: weights to start from (a run/bundle folder, a ``.safetensors`` or a checkpoint): tensors that fit
@@ -169,25 +226,42 @@ def train_model(
         init_classes: with ``init_from``, the source's output classes to keep (fine-tuning on a subset of classes).
         evaluate_val: after training, predict the validation cases in their original grid and write their per-case
             metrics (``metrics.csv``) and ``summary.json`` into ``run_dir``.
+        label_set: the experiment's label set (a CV passes one for all folds); None: resolved here over the train
+            and validation cases (:func:`experiment_label_set`).
+        index: the dataset index the cases come from (for the label set it declares).
+        callbacks: trainer callbacks; None: the defaults (progress, log.csv, TensorBoard, checkpoints, ...).
+
+    Raises:
+        ConfigError: a config problem (checked before anything is written).
+        DataError: a bad case or label value (checked before the run directory is written).
     """
+    cfg = _validated(cfg)
+    task = get_task(cfg.task)
     run_dir = Path(run_dir)
+    set_threads(cfg.train.threads)
+    cache = _cache(cfg, run_dir)
+    if label_set is None:
+        label_set, counts = experiment_label_set(cfg, [*train_cases, *val_cases], cache, index)
+    else:
+        counts = _checked_counts(cfg, label_set, [*train_cases, *val_cases], cache)
+    pre = Preprocessor(cfg.data.preprocess)
+    if pre.needs_fit:
+        pre.fit(list(train_cases), cache=cache, progress=True)
+    augment = cfg.data.augment
+    ds_cls = ClassificationDataset if task.name == "classification" else SegmentationDataset
+    kw = {"cache": cache, "label_set": label_set}
+    train_ds = ds_cls(list(train_cases), pre, augment=augment, seed=cfg.seed, **kw)
+    val_ds = ds_cls(list(val_cases), pre, **kw) if val_cases else None
+    first_image = train_ds.load(0)[0]
+    name, kwargs = _resolve_model(cfg, int(first_image.shape[0]), first_image.ndim - 1, label_set)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     _write_json(run_dir / "env.json", environment())
     _write_json(
         run_dir / "split.json", {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
     )
-    cache = _cache(cfg, run_dir)
-    pre = Preprocessor(PreprocessConfig.from_dict(cfg.data.preprocess))
-    if pre.needs_fit:
-        pre.fit(list(train_cases), cache=cache, progress=True)
     _write_json(run_dir / "preprocess.json", pre.to_dict())
-    augment = AugmentConfig.from_dict(cfg.data.augment) if cfg.data.augment else None
-    train_ds = SegmentationDataset(list(train_cases), pre, cache=cache, augment=augment, seed=cfg.seed)
-    val_ds = SegmentationDataset(list(val_cases), pre, cache=cache) if val_cases else None
-    first_image = train_ds.load(0)[0]
-    labels = _labels_of(train_ds)
-    name, kwargs = _resolve_model(cfg, int(first_image.shape[0]), first_image.ndim - 1, labels)
+    _write_json(run_dir / "labels.json", _labels_record(label_set, counts))
     torch.manual_seed(cfg.seed)
     model = create_model(name, **kwargs)
     if init_from is not None:
@@ -204,19 +278,22 @@ def train_model(
             )
         report = transfer_weights(model, load_state_dict_file(source), init_classes, n_src)
         _write_json(run_dir / "init_from.json", {"source": str(source), **report.__dict__})
-    loss = create_loss(cfg.train.loss, **cfg.train.loss_kwargs)
-    if getattr(model, "deep_supervision", False):
+    loss_name = task.default_loss if cfg.train.loss == "auto" else cfg.train.loss
+    loss = create_loss(loss_name, **cfg.train.loss_kwargs)
+    if uses_deep_supervision(model):
         loss = DeepSupervisionLoss(loss, cfg.train.ds_weights)
     patch = list(augment.patch_size) if augment is not None and augment.patch_size else None
     bundle = ModelBundle(
         model_name=name,
         model_kwargs=kwargs,
         preprocess=pre.to_dict(),
-        labels=[0, 1] if kwargs["out_channels"] == 1 else list(range(kwargs["out_channels"])),
+        labels=list(label_set.values),
         patch_size=patch,
-        class_names={str(k): v for k, v in (cfg.eval.class_names or {}).items()} or None,
-        info={"experiment": cfg.name, "data": cfg.data.path, "n_train": len(train_cases), "n_val": len(val_cases)},
-    )
+        class_names={str(v): n for v, n in label_set.to_dict().items()},
+        info={"experiment": cfg.name, "data": cfg.data.path, "n_train": len(train_cases), "n_val": len(val_cases),
+              "loss": loss_name, "labels_source": label_set.source},
+        task=task.name,
+    )  # fmt: skip
     trainer = Trainer(
         model,
         loss,
@@ -227,8 +304,14 @@ def train_model(
         seed=cfg.seed,
         config_dict={"experiment": cfg.to_dict(), "bundle": bundle.to_dict()},
         num_workers=cfg.data.num_workers,
+        callbacks=callbacks,
+        task=task,
     )
     result = trainer.fit(resume=resume)
+    if cfg.train.attention_every:
+        from agseg.viz.attention import plot_saved_attention
+
+        plot_saved_attention(run_dir / "attention")
     bundle.info.update({"epochs": result.epochs_run, "best_epoch": result.best_epoch if result.best_epoch > 0 else None,
                         "selected_epoch": result.selected_epoch, "train_seconds": result.seconds})  # fmt: skip
     bundle.save(run_dir / "model", trainer.model)
@@ -241,6 +324,23 @@ def train_model(
     return TrainRun(run_dir, trainer.model, bundle, result)
 
 
+def _checked_counts(
+    cfg: ExperimentConfig, label_set: LabelSet, cases: Sequence[CaseRef], cache: PreprocessCache | None
+) -> dict[str, dict[int, int]]:
+    """Every case's label counts, each checked against ``label_set`` (raises a ``DataError`` naming the file)."""
+    if cfg.task == "classification":
+        out = {}
+        for c in cases:
+            label_set.check([case_target(c)], c.image_paths[0], c.case_id)
+            out[c.case_id] = {int(case_target(c)): 1}  # type: ignore[arg-type]
+        return out
+    counts = count_labels(cases, cache)
+    by_id = {c.case_id: c for c in cases}
+    for cid, c in counts.items():
+        label_set.check(c.keys(), by_id[cid].mask_paths[0], cid)
+    return counts
+
+
 def evaluate_cases(
     predictor: Predictor,
     cases: Sequence[CaseRef],
@@ -248,20 +348,31 @@ def evaluate_cases(
     pred_dir: Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Predict each case in its original grid and compute its metrics against its (original) mask."""
-    labels = predictor.bundle.labels
-    multi = [v for v in labels if v != 0] if len(labels) > 2 else None
+    """Predict each case and score it: segmentation in the original grid against its (original) mask, with one
+    column per class named after the label set; classification against its class (target, prediction, the
+    probability of each class, and whether it was right)."""
+    ls = predictor.label_set
+    multi = list(ls.foreground) if not ls.binary else None
+    suffixes = ls.column_suffixes() if multi else None
     rows = []
     for ref in tqdm(cases, desc="testing", unit="case", leave=False, disable=None if progress else True):
-        case = ref.load()
+        case = ref.load(with_mask=predictor.task != "classification")
         pred = predictor.predict_array(case.image, case.geometry)
         row: dict[str, Any] = {"case_id": case.case_id}
-        row.update(case_metrics(pred.label, case.label, case.geometry.array_spacing, metrics, multi))
+        if predictor.task == "classification":
+            target = case_target(ref)
+            row.update(predictor.classification_row(case.case_id, pred))
+            row.pop("case")
+            row.update({"target": target, "correct": float(int(pred.label) == target)})
+            rows.append(row)
+            continue
+        row.update(case_metrics(pred.label, case.label, case.geometry.array_spacing, metrics, multi, suffixes))
         rows.append(row)
         if pred_dir is not None:
             _safe_write(
-                ref.image_paths[0], mask_path_for(ref.image_paths[0], pred_dir), pred.label, pred.geometry, True
-            )
+                ref.image_paths[0], mask_path_for(ref.image_paths[0], pred_dir), pred.label, pred.geometry, True,
+                binary=ls.binary,
+            )  # fmt: skip
     return rows
 
 
@@ -298,11 +409,14 @@ def run_cv(
     folds can run on different machines; the summary covers every finished fold.
     """
     t0 = time.perf_counter()
+    cfg = _validated(cfg)
     out = Path(out_dir)
+    index = load_index(cfg)
+    label_set, counts = experiment_label_set(cfg, list(index), _cache(cfg, out / "fold"), index)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     _write_json(out / "env.json", environment())
-    index = load_index(cfg)
+    _write_json(out / "labels.json", _labels_record(label_set, counts))
     by_id = {c.case_id: c for c in index}
     ids = list(by_id)
     groups = [c.patient_id or c.case_id for c in index]
@@ -327,7 +441,10 @@ def run_cv(
             continue
         log.info("[%d/%d] %s: train %d, val %d, test %d", i, len(selected), fdir.name, len(fold.train), len(fold.val),
                  len(fold.test))  # fmt: skip
-        run = train_model(cfg, fdir, [by_id[c] for c in fold.train], [by_id[c] for c in fold.val], resume=True)
+        run = train_model(
+            cfg, fdir, [by_id[c] for c in fold.train], [by_id[c] for c in fold.val], resume=True,
+            label_set=label_set, index=index,
+        )  # fmt: skip
         predictor = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp)
         pred_dir = fdir / "predictions" if cfg.eval.save_predictions else None
         rows = evaluate_cases(predictor, [by_id[c] for c in fold.test], cfg.eval.metrics, pred_dir, progress)

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from agseg.data.label_set import LabelSet
 from agseg.data.preprocess import Preprocessor
 from agseg.fileio import atomic_write_text
 from agseg.nets.registry import create_model
-from agseg.training.checkpoint import load_checkpoint, load_state_dict_file, save_weights
+from agseg.weights import load_checkpoint, load_state_dict_file, save_weights
 
 __all__ = ["ModelBundle", "load_bundle"]
 
@@ -40,8 +41,9 @@ class ModelBundle:
         preprocess: ``Preprocessor.to_dict()`` (config + fitted statistics).
         labels: label value of each class; ``[0, 1]`` for a binary net with one sigmoid output.
         patch_size: training patch (sliding windows for larger inputs); None when trained on whole images.
-        class_names: optional ``{label: name}``.
+        class_names: ``{label: name}`` of the label set (None: no names).
         info: provenance (experiment name, data, epochs, CV performance, licence notes).
+        task: ``"segmentation"`` or ``"classification"``.
     """
 
     model_name: str
@@ -51,6 +53,12 @@ class ModelBundle:
     patch_size: list[int] | None = None
     class_names: dict[str, str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    task: str = "segmentation"
+
+    @property
+    def label_set(self) -> LabelSet:
+        """The :class:`~agseg.data.label_set.LabelSet` the net was trained for."""
+        return LabelSet.from_bundle(self.labels, self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ import numpy as np
 
 from agseg.fileio import atomic_path
 
-__all__ = ["central_slices", "plot_attention", "plot_attention_evolution", "save_figure"]
+__all__ = ["central_slices", "plot_attention", "plot_attention_evolution", "plot_saved_attention", "save_figure"]
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
@@ -142,3 +142,22 @@ def plot_attention_evolution(
         ax.axis("off")
     fig.suptitle(f"attention at {gate} over training", fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_saved_attention(folder: str | os.PathLike[str]) -> list[Path]:
+    """One evolution figure per gate (``evolution_<gate>.png``) from the ``epoch_NNN.npz`` snapshots a training run
+    saved in ``folder`` (:class:`agseg.training.callbacks.AttentionSnapshots`; also those saved before a resume)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("epoch_*.npz"))
+    if not files:
+        return []
+    loaded = []
+    for f in files:
+        with np.load(f) as z:
+            loaded.append((int(f.stem.split("_")[1]), {k: z[k].astype(np.float32) for k in z.files}))
+    image = loaded[-1][1]["_image"]
+    series = [(e, {k: v for k, v in m.items() if k != "_image"}) for e, m in loaded]
+    return [
+        plot_attention_evolution(image, series, folder / f"evolution_{gate}.png", gate=gate)
+        for gate in sorted(series[-1][1])
+    ]

@@ -1,0 +1,273 @@
+"""The explicit label set of an experiment: which label values exist, their names, and how they map to outputs.
+
+A label set is declared (``data.labels`` in a config, ``dataset.json``, a descriptor), or counted over every case
+of the experiment once (raw masks, cached by file signature so that a second run reads no mask). It is never
+guessed from a sample. Every case is checked against it before training starts, it is stored in the model bundle,
+and it decides how predicted masks are written (binary: 0/255 in raster formats; multi-class: the raw values).
+
+Outputs: a binary set (background + one value) trains one sigmoid channel; a set of K values trains K softmax
+channels, channel k standing for the k-th smallest value. :meth:`LabelSet.encode` maps label values to channel
+indices (identity for the usual 0..K-1), :meth:`LabelSet.decode` maps them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agseg.data.errors import DataError
+
+__all__ = ["LabelSet", "case_label_values", "count_labels"]
+
+log = logging.getLogger(__name__)
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^0-9a-zA-Z]+", "_", name.strip().lower()).strip("_")
+    return s or "class"
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Label values (sorted, 0 = background first) and their names.
+
+    Attributes:
+        values: label values, e.g. ``(0, 1, 2)``.
+        names: one name per value, e.g. ``("background", "anterior", "posterior")``.
+        source: where the set came from (``"data.labels"``, ``"dataset.json"``, ``"counted over 40 cases"``, ...).
+    """
+
+    values: tuple[int, ...]
+    names: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        vals = tuple(int(v) for v in self.values)
+        if len(vals) != len(self.names):
+            raise ValueError(f"{len(vals)} label values but {len(self.names)} names")
+        if list(vals) != sorted(set(vals)):
+            raise ValueError(f"label values must be unique and sorted, got {vals}")
+        if not vals or vals[0] != 0:
+            raise ValueError(f"a label set starts with the background value 0, got {vals}")
+        if len(vals) < 2:
+            raise ValueError("a label set needs a foreground value besides 0")
+        object.__setattr__(self, "values", vals)
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[int, str], source: str = "") -> LabelSet:
+        """From ``{value: name}`` (0 added as ``background`` when absent)."""
+        m = {int(k): str(v) for k, v in mapping.items()}
+        m.setdefault(0, "background")
+        items = sorted(m.items())
+        return cls(tuple(k for k, _ in items), tuple(v for _, v in items), source)
+
+    @classmethod
+    def from_values(cls, values: Iterable[int], names: Mapping[int, str] | None = None, source: str = "") -> LabelSet:
+        """From label values; names from ``names`` where given, else ``background`` for 0 and the value."""
+        vals = sorted({int(v) for v in values} | {0})
+        if len(vals) < 2:  # a dataset whose masks are all empty still has a foreground class to learn
+            vals = [0, 1]
+        names = {int(k): str(v) for k, v in (names or {}).items()}
+        return cls(tuple(vals), tuple(names.get(v, "background" if v == 0 else str(v)) for v in vals), source)
+
+    @classmethod
+    def from_bundle(cls, labels: Sequence[int], class_names: Mapping[str, str] | None = None) -> LabelSet:
+        """From a model bundle's ``labels`` and ``class_names`` (keys are strings in JSON)."""
+        names = {int(k): v for k, v in (class_names or {}).items()}
+        return cls.from_values(labels, names, "model bundle")
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def binary(self) -> bool:
+        """True for background + one foreground value (one sigmoid output)."""
+        return len(self.values) == 2
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels of a net for this set: 1 when binary, else one per value."""
+        return 1 if self.binary else len(self.values)
+
+    @property
+    def foreground(self) -> tuple[int, ...]:
+        return self.values[1:]
+
+    def to_dict(self) -> dict[int, str]:
+        """``{value: name}``."""
+        return dict(zip(self.values, self.names, strict=True))
+
+    def name_of(self, value: int) -> str:
+        return self.to_dict()[int(value)]
+
+    def column_suffix(self, value: int) -> str:
+        """The suffix of per-class metric columns: the class name as a slug (``dice_anterior``), or the value when
+        the set has no names of its own (``dice_2``)."""
+        name = self.name_of(value)
+        return str(value) if name == str(value) else _slug(name)
+
+    def column_suffixes(self) -> dict[int, str]:
+        """``{foreground value: column suffix}``, unique (the value is appended to names that collide)."""
+        out: dict[int, str] = {}
+        for v in self.foreground:
+            s = self.column_suffix(v)
+            out[v] = f"{s}_{v}" if s in out.values() else s
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{v}: {n}" for v, n in self.to_dict().items())
+
+    # ---------------------------------------------------------------- checks and mapping
+    def unknown(self, values: Iterable[int]) -> list[int]:
+        """The values in ``values`` that are not in the set."""
+        known = set(self.values)
+        return sorted({int(v) for v in values} - known)
+
+    def check(self, values: Iterable[int], path: Any, case_id: str | None = None) -> None:
+        """Raise a :class:`~agseg.data.errors.DataError` naming ``path`` when ``values`` hold a value not in the set.
+
+        The message tells how to fix it: a stray value in the data, or a class to declare in ``data.labels``.
+        """
+        bad = self.unknown(values)
+        if bad:
+            raise DataError(
+                path,
+                f"label value(s) {bad} are not in the label set {{{self.describe()}}} ({self.source or 'declared'}); "
+                "fix the mask, map the value with data.options.label_map, or declare it in data.labels",
+                case_id,
+            )
+
+    def _lut(self) -> np.ndarray:
+        lut = np.full(max(self.values) + 1, -1, dtype=np.int64)
+        lut[list(self.values)] = np.arange(len(self.values))
+        return lut
+
+    def encode(self, label: np.ndarray) -> np.ndarray:
+        """Label values -> class indices (0..K-1; for a binary set 0/1). Unknown values raise ``ValueError``."""
+        lab = np.asarray(label)
+        if lab.size and (int(lab.min()) < 0 or int(lab.max()) > max(self.values)):
+            raise ValueError(f"label values {self.unknown(np.unique(lab))} not in the label set {self.values}")
+        idx = self._lut()[lab.astype(np.int64, copy=False)]
+        if lab.size and int(idx.min()) < 0:
+            raise ValueError(f"label values {self.unknown(np.unique(lab))} not in the label set {self.values}")
+        return idx
+
+    def is_identity(self) -> bool:
+        """True when values are 0..K-1 (encoding changes nothing)."""
+        return self.values == tuple(range(len(self.values)))
+
+    def decode(self, index: np.ndarray) -> np.ndarray:
+        """Class indices -> label values (uint8, or uint16 above 255)."""
+        vals = np.asarray(self.values)
+        return vals[np.asarray(index, dtype=np.int64)].astype(np.uint16 if max(self.values) > 255 else np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- counting labels
+def case_label_values(ref: Any) -> dict[int, int]:
+    """``{value: voxel count}`` of a case's label map, read from its mask files only (the image is not read)."""
+    from agseg.data.datasets import label_counts
+    from agseg.data.io import read_mask
+
+    masks = []
+    for p in ref.mask_paths:
+        m, _ = read_mask(p)
+        masks.append((m, p))
+    try:
+        return label_counts(ref.mask_spec.apply(masks, ref.case_id))
+    except DataError as e:
+        e.case_id = e.case_id or ref.case_id
+        raise
+
+
+def _key(ref: Any, cache: Any) -> str:
+    blob = {"labels": 1, "case": cache._sources(ref)}
+    return "labels-" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def count_labels(refs: Sequence[Any], cache: Any = None, progress: bool = False) -> dict[str, dict[int, int]]:
+    """``{case_id: {value: voxels}}`` for every labelled case in ``refs``.
+
+    With a :class:`~agseg.data.cache.PreprocessCache`, each case's counts are stored as a small JSON keyed by its
+    files' signatures (path, size, mtime) and mask rules, so that later runs read no mask at all.
+
+    Raises:
+        DataError: an unreadable mask or bad label values (naming the file).
+    """
+    out: dict[str, dict[int, int]] = {}
+    items: Any = [r for r in refs if r.has_mask]
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="counting labels", unit="case", leave=False, disable=None)
+    for ref in items:
+        key = _key(ref, cache) if cache is not None else None
+        hit = cache.load_json(key) if key is not None else None
+        if isinstance(hit, dict) and "counts" in hit:
+            out[ref.case_id] = {int(k): int(v) for k, v in hit["counts"].items()}
+            continue
+        counts = case_label_values(ref)
+        out[ref.case_id] = counts
+        if key is not None:
+            cache.save_json(key, {"case_id": ref.case_id, "counts": {str(k): v for k, v in counts.items()}})
+    return out
+
+
+def resolve_label_set(
+    refs: Sequence[Any],
+    declared: Mapping[int, str] | None,
+    declared_source: str,
+    cache: Any = None,
+    progress: bool = False,
+) -> tuple[LabelSet, dict[str, dict[int, int]]]:
+    """The label set of an experiment over ``refs`` and every case's counts, after checking each case against it.
+
+    Args:
+        refs: every labelled case of the experiment (all folds of a CV, so that every fold builds the same net).
+        declared: ``{value: name}`` from the config or the dataset, or None to count.
+        declared_source: where ``declared`` came from (for messages).
+        cache: a cache for the counts (see :func:`count_labels`).
+
+    Raises:
+        DataError: a case with a value outside the declared set (naming its mask file).
+    """
+    counts = count_labels(refs, cache, progress)
+    if declared is not None:
+        ls = LabelSet.from_mapping(declared, declared_source)
+        by_id = {r.case_id: r for r in refs}
+        for cid, c in counts.items():
+            ls.check(c.keys(), by_id[cid].mask_paths[0], cid)
+        return ls, counts
+    values: set[int] = set()
+    for c in counts.values():
+        values |= set(c)
+    ls = LabelSet.from_values(values, source=f"counted over {len(counts)} cases")
+    gaps = sorted(set(range(max(ls.values) + 1)) - set(ls.values))
+    if gaps:
+        rare = {v: sum(v in c for c in counts.values()) for v in ls.foreground}
+        log.warning(
+            "label values %s are not contiguous (cases holding each: %s): if one is a stray value, declare "
+            "data.labels or map it with data.options.label_map",
+            list(ls.values),
+            rare,
+        )
+    return ls, counts
+
+
+def declared_labels(index: Any) -> tuple[dict[int, str] | None, str]:
+    """The label set a dataset index declares (``DatasetIndex.labels``), and its source."""
+    labels = getattr(index, "labels", None)
+    if labels:
+        return {int(k): str(v) for k, v in labels.items()}, f"declared by the {index.layout} dataset in {index.root}"
+    return None, ""
+
+
+def labels_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "labels.json"
