@@ -123,7 +123,7 @@ def test_attention_maps(name: str, spatial_dims: int):
     sizes = [tuple(x.shape[2:])]
     for _ in range(len(model.channels) - 1):
         sizes.append(tuple(s // 2 for s in sizes[-1]))
-    heads = model.gates[str(model.gated_levels[0])].heads
+    heads = model.skips.gates[str(model.gated_levels[0])].heads
     for lvl in model.gated_levels:
         a = maps[f"level{lvl}"]
         assert a.shape == (x.shape[0], heads, *sizes[lvl])
@@ -158,7 +158,7 @@ def _gate_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[int, torch.Ten
     seen: dict[int, torch.Tensor] = {}
     hooks = [
         block.register_forward_hook(lambda _m, args, _out, lvl=int(k): seen.__setitem__(lvl, args[1]))
-        for k, block in model.gates.items()
+        for k, block in model.skips.gates.items()
     ]
     with torch.no_grad():
         model(x)

@@ -1,6 +1,17 @@
-"""Building blocks shared by the nets (each with its own tests)."""
+"""Building blocks shared by the nets (each with its own tests), and the registry of conv blocks by name."""
 
 from agseg.blocks.attention_gate import AttentionGateBlock, GridAttentionGate
 from agseg.blocks.conv import ConvNormAct, DoubleConv, UpConv
+from agseg.blocks.registry import get_block, list_blocks, make_block, register_block
 
-__all__ = ["AttentionGateBlock", "ConvNormAct", "DoubleConv", "GridAttentionGate", "UpConv"]
+__all__ = [
+    "AttentionGateBlock",
+    "ConvNormAct",
+    "DoubleConv",
+    "GridAttentionGate",
+    "UpConv",
+    "get_block",
+    "list_blocks",
+    "make_block",
+    "register_block",
+]

@@ -16,6 +16,8 @@ locations"): psi's bias is ``open_bias`` (3.0, sigmoid = 0.953) and its weights 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +39,8 @@ class GridAttentionGate(nn.Module):
         gating_channels: channels of the gating signal ``g`` (``F_g``).
         inter_channels: intermediate channels ``F_int``; default ``in_channels // 2`` (at least 1).
         sub_sample: factor by which ``theta`` sub-samples ``x`` (kernel = stride); 1 gates at full resolution.
+            An int, or one per axis (e.g. ``(1, 2, 2)`` where the skip's grid and the gating grid share the first
+            axis, as with anisotropic pooling).
         init: ``"open"`` (alpha about 0.95 at init) or ``"default"`` (PyTorch's initialisation).
         open_bias: psi bias for the open initialisation.
         open_gain: factor applied to psi's default weights for the open initialisation.
@@ -52,7 +56,7 @@ class GridAttentionGate(nn.Module):
         in_channels: int,
         gating_channels: int,
         inter_channels: int | None = None,
-        sub_sample: int = 2,
+        sub_sample: int | Sequence[int] = 2,
         init: str = "open",
         open_bias: float = 3.0,
         open_gain: float = 0.01,
@@ -63,8 +67,11 @@ class GridAttentionGate(nn.Module):
         check_spatial_dims(spatial_dims)
         if init not in GATE_INITS:
             raise ValueError(f"unknown gate init {init!r}; valid: {', '.join(GATE_INITS)}")
-        if sub_sample < 1:
-            raise ValueError(f"sub_sample must be >= 1, got {sub_sample}")
+        factors = (sub_sample,) * spatial_dims if isinstance(sub_sample, int) else tuple(int(s) for s in sub_sample)
+        if len(factors) != spatial_dims or min(factors) < 1:
+            raise ValueError(f"sub_sample must be >= 1 (an int or {spatial_dims} of them), got {sub_sample}")
+        if not isinstance(sub_sample, int):
+            sub_sample = factors
         inter = max(1, in_channels // 2) if inter_channels is None else inter_channels
         self.in_channels, self.gating_channels, self.inter_channels = in_channels, gating_channels, inter
         self.sub_sample = sub_sample
@@ -110,7 +117,7 @@ class AttentionGateBlock(nn.Module):
         gating_channels: int,
         inter_channels: int | None = None,
         heads: int = 1,
-        sub_sample: int = 2,
+        sub_sample: int | Sequence[int] = 2,
         init: str = "open",
         norm: str = "batch",
     ) -> None:

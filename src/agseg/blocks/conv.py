@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -76,23 +78,37 @@ class UpConv(nn.Module):
         in_channels: channels of the coarse input.
         out_channels: channels after the convolution (the U-Net halves them).
         mode: ``"interp"``: linear interpolation then a 3x3(x3) convolution with bias and no norm or
-            activation (the thesis' "intermediate single convolution"); ``"transpose"``: a stride-2
-            transposed convolution (kernel 2), resampled to the target grid when sizes are odd.
+            activation (the thesis' "intermediate single convolution"); ``"transpose"``: a transposed
+            convolution with kernel = stride = ``scale``, resampled to the target grid when sizes are odd.
+        scale: the up-sampling factor, an int or one per axis (the pool size it undoes, e.g. ``(1, 2, 2)`` for
+            anisotropic 3D data); only the transposed convolution depends on it, interpolation always goes to
+            ``size``.
 
-    ``forward(x, size)`` returns ``(B, out_channels, *size)``; sizes not divisible by two are handled by
+    ``forward(x, size)`` returns ``(B, out_channels, *size)``; sizes not divisible by the scale are handled by
     interpolating to the skip connection's exact grid.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "interp") -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        mode: str = "interp",
+        scale: int | Sequence[int] = 2,
+    ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
         if mode not in ("interp", "transpose"):
             raise ValueError(f"unknown up-sampling mode {mode!r}; valid: interp, transpose")
+        factors = (scale,) * spatial_dims if isinstance(scale, int) else tuple(int(s) for s in scale)
+        if len(factors) != spatial_dims or min(factors) < 1:
+            raise ValueError(f"scale must be an int >= 1 or {spatial_dims} of them, got {scale!r}")
         self.mode = mode
         if mode == "interp":
             self.conv = Conv[spatial_dims](in_channels, out_channels, 3, padding=1)
         else:
-            self.conv = ConvTranspose[spatial_dims](in_channels, out_channels, 2, stride=2)
+            kernel = scale if isinstance(scale, int) else factors
+            self.conv = ConvTranspose[spatial_dims](in_channels, out_channels, kernel, stride=kernel)
 
     def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         if self.mode == "interp":

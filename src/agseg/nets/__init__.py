@@ -2,7 +2,22 @@
 
 from agseg.nets import attention_unet, unet  # noqa: F401  (registration side effects)
 from agseg.nets.attention_unet import AttentionUNet
+from agseg.nets.base import SegmentationNet
+from agseg.nets.parts import AttentionSkips, DeepSupervisionHead, Encoder, UNetDecoder
 from agseg.nets.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
 from agseg.nets.unet import UNet
 
-__all__ = ["AttentionUNet", "ModelSpec", "UNet", "create_model", "get_model_spec", "list_models", "register_model"]
+__all__ = [
+    "AttentionSkips",
+    "AttentionUNet",
+    "DeepSupervisionHead",
+    "Encoder",
+    "ModelSpec",
+    "SegmentationNet",
+    "UNet",
+    "UNetDecoder",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]

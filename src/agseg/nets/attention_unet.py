@@ -1,7 +1,8 @@
 """Attention U-Net in 2D and 3D (seed 001, seed 003 sec. 2; thesis seed 000 single- and multi-gating).
 
 A :class:`~agseg.nets.unet.UNet` whose skip connections pass through grid attention gates
-(:class:`~agseg.blocks.attention_gate.AttentionGateBlock`) before concatenation.
+(:class:`~agseg.blocks.attention_gate.AttentionGateBlock`) before concatenation: the same encoder, decoder and
+head, plus an :class:`~agseg.nets.parts.AttentionSkips` part as ``skips``.
 
 Gating:
     ``"multi"`` (the papers' design, thesis multi-gating): the gate on skip ``l`` is driven by the decoder
@@ -14,17 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import torch
-from torch import nn
-
-from agseg.blocks.attention_gate import AttentionGateBlock
-from agseg.blocks.conv import ConvNormAct
+from agseg.blocks.registry import BlockFactory
+from agseg.nets.parts import GATINGS, AttentionSkips, PoolSizes
 from agseg.nets.registry import register_model
-from agseg.nets.unet import UNet
+from agseg.nets.unet import UNET_LEGACY_RENAMES, UNet
 
-__all__ = ["AttentionUNet"]
+__all__ = ["GATINGS", "AttentionUNet"]
 
-GATINGS = ("single", "multi")
+#: Parameter names of the gates before the nets were split into parts (commit 45bf0f5 and earlier).
+ATTENTION_LEGACY_RENAMES: tuple[tuple[str, str], ...] = (
+    *UNET_LEGACY_RENAMES,
+    (r"^gating_signal\.", r"skips.gating_signal."),
+    (r"^gates\.(\d+)\.", r"skips.gates.\1."),
+)
 
 
 @register_model(
@@ -36,20 +39,27 @@ class AttentionUNet(UNet):
     """Attention U-Net.
 
     Args:
-        spatial_dims, in_channels, out_channels, channels, norm, up_mode, deep_supervision, ds_fuse: as
-            :class:`~agseg.nets.unet.UNet`.
+        spatial_dims, in_channels, out_channels, channels, norm, up_mode, deep_supervision, ds_fuse, block,
+            pool_sizes: as :class:`~agseg.nets.unet.UNet`.
         gating: ``"multi"`` or ``"single"`` (see the module docstring).
         gated_levels: skip levels that get a gate, 0 the finest; default all but the finest (seed 001/003:
             the first skip is not gated). The thesis gates all: ``gated_levels=range(len(channels) - 1)``.
         attention_heads: sub-gates per skip (multi-dimensional attention, seed 003 sec. 2.2.1).
         inter_ratio: intermediate channels ``F_int`` of a gate as a fraction of the skip's channels
             (0.5 by default; the authors' CT models use 1.0).
-        sub_sample: factor by which gates sub-sample the skip (2: the papers' grid attention).
+        sub_sample: factor by which gates sub-sample the skip (2: the papers' grid attention); with per-axis
+            ``pool_sizes`` only along the axes the skip's level pools.
         gate_init: ``"open"`` (alpha >= 0.9 at init, the papers) or ``"default"`` (PyTorch's init).
 
+    Attributes:
+        skips: the :class:`~agseg.nets.parts.AttentionSkips` (``skips.gating_signal``, ``skips.gates``).
+
     ``forward_with_attention(x)`` returns ``(output, maps)`` with ``maps["level{l}"]`` of shape
-    ``(B, attention_heads, *skip_spatial)``.
+    ``(B, attention_heads, *skip_spatial)``. Checkpoints with the names from before the split into parts
+    (``gating_signal...``, ``gates.N...`` besides the U-Net's) load unchanged.
     """
+
+    legacy_renames = ATTENTION_LEGACY_RENAMES
 
     def __init__(
         self,
@@ -67,54 +77,38 @@ class AttentionUNet(UNet):
         inter_ratio: float = 0.5,
         sub_sample: int = 2,
         gate_init: str = "open",
+        block: str | BlockFactory = "double_conv",
+        pool_sizes: PoolSizes | None = None,
     ) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, channels, norm, up_mode, deep_supervision, ds_fuse)
-        if gating not in GATINGS:
-            raise ValueError(f"unknown gating {gating!r}; valid: {', '.join(GATINGS)}")
-        n_skips = len(self.channels) - 1
-        levels = sorted(set(range(1, n_skips) if gated_levels is None else (int(i) for i in gated_levels)))
-        bad = [i for i in levels if not 0 <= i < n_skips]
-        if bad:
-            raise ValueError(f"gated_levels {bad} out of range: this net has skip levels 0..{n_skips - 1}")
-        if not levels:
-            raise ValueError("gated_levels is empty: use 'unet' for a net without gates")
-        if inter_ratio <= 0:
-            raise ValueError(f"inter_ratio must be > 0, got {inter_ratio}")
-        self.gating, self.gated_levels = gating, tuple(levels)
-        c = self.channels
-        # The gating signal (authors' UnetGridGatingSignal): 1x1(x1) conv + BN + ReLU of the bottleneck.
-        self.gating_signal = ConvNormAct(spatial_dims, c[-1], c[-1], kernel_size=1, norm=norm)
-        self.gates = nn.ModuleDict()
-        for lvl in levels:
-            g_channels = c[-1] if gating == "single" or lvl == n_skips - 1 else c[lvl + 1]
-            self.gates[str(lvl)] = AttentionGateBlock(
-                spatial_dims,
-                c[lvl],
-                g_channels,
-                inter_channels=max(1, round(c[lvl] * inter_ratio)),
-                heads=attention_heads,
-                sub_sample=sub_sample,
-                init=gate_init,
-                norm=norm,
-            )
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels,
+            norm,
+            up_mode,
+            deep_supervision,
+            ds_fuse,
+            block=block,
+            pool_sizes=pool_sizes,
+        )
+        self.skips = AttentionSkips(
+            spatial_dims,
+            self.channels,
+            gated_levels,
+            gating=gating,
+            heads=attention_heads,
+            inter_ratio=inter_ratio,
+            sub_sample=sub_sample,
+            gate_init=gate_init,
+            norm=norm,
+            pool_sizes=self.pool_sizes,
+        )
+        self.gating, self.gated_levels = gating, self.skips.gated_levels
 
     def gating_source(self, level: int) -> str:
         """Which signal drives the gate at ``level``: ``"bottleneck"`` or ``"decoder{l+1}"``."""
-        if self.gating == "single" or level == len(self.channels) - 2:
-            return "bottleneck"
-        return f"decoder{level + 1}"
-
-    def gating_context(self, bottleneck: torch.Tensor) -> torch.Tensor:
-        return self.gating_signal(bottleneck)
-
-    def process_skip(
-        self, level: int, skip: torch.Tensor, coarse: torch.Tensor, context: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = str(level)
-        if key not in self.gates:
-            return skip, None
-        g = context if self.gating_source(level) == "bottleneck" else coarse
-        return self.gates[key](skip, g)
+        return self.skips.gating_source(level)
 
 
 _CT = {

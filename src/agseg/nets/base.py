@@ -13,12 +13,18 @@ Contract:
     ``min_input_shape``: the smallest spatial size per axis the net accepts (``min_input_size``: its maximum).
     ``forward_with_attention(x) -> (output, maps)``: ``maps`` maps gate names to ``(B, heads, *grid)`` in [0, 1];
     empty for a net without gates.
+
+Parameter names of older layouts: a net whose modules were renamed lists ``(pattern, replacement)`` regular
+expressions in :attr:`Net.legacy_renames`; :meth:`Net.legacy_keys` applies them, and every ``load_state_dict``
+applies them first (a state-dict pre-hook, so this also works with the net wrapped in ``DataParallel`` or
+``torch.compile``). Code that matches tensors by name itself (weight transfer) calls :func:`upgrade_state_dict`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -34,12 +40,15 @@ __all__ = [
     "spatial_dims_of",
     "task_of",
     "unwrap",
+    "upgrade_state_dict",
     "uses_deep_supervision",
 ]
 
 Output = torch.Tensor | list[torch.Tensor]
 
 TASKS = ("segmentation", "classification")
+
+V = TypeVar("V")
 
 
 class Net(nn.Module):
@@ -50,6 +59,40 @@ class Net(nn.Module):
     in_channels: int = 1
     out_channels: int = 1
     deep_supervision: bool = False
+    #: ``(pattern, replacement)`` regular expressions (``re.sub`` syntax, anchored by the pattern) that turn a
+    #: parameter name of an older layout of this net into the current one; the first matching pattern wins.
+    #: They must leave current names alone, since every ``load_state_dict`` applies them.
+    legacy_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys, with_module=True)
+
+    def legacy_keys(self, state_dict: Mapping[str, V], prefix: str = "") -> dict[str, V]:
+        """``state_dict`` with names of older layouts renamed to this net's (current names pass unchanged).
+
+        Args:
+            state_dict: parameter and buffer tensors by name.
+            prefix: only names starting with ``prefix`` (the net's own prefix inside a larger module) are renamed;
+                the prefix itself is kept.
+
+        A name whose new form is already in ``state_dict`` is left as it is (nothing is overwritten).
+        """
+        out: dict[str, V] = {}
+        for key, value in state_dict.items():
+            new = self._legacy_name(key, prefix)
+            out[new if new not in state_dict else key] = value
+        return out
+
+    def _legacy_name(self, key: str, prefix: str) -> str:
+        if not key.startswith(prefix):
+            return key
+        rest = key[len(prefix) :]
+        for pattern, replacement in self.legacy_renames:
+            renamed, n = re.subn(pattern, replacement, rest, count=1)
+            if n:
+                return prefix + renamed
+        return key
 
     @property
     def min_input_shape(self) -> tuple[int, ...]:
@@ -76,6 +119,26 @@ class ClassificationNet(Net):
     """A net whose output is per-image logits ``(B, out_channels)`` (a list with deep-supervised heads)."""
 
     task: ClassVar[str] = "classification"
+
+
+def _rename_legacy_keys(module: Net, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: rename keys of older layouts in place (see :attr:`Net.legacy_renames`)."""
+    if not module.legacy_renames:
+        return
+    for key in list(state_dict):
+        new = module._legacy_name(key, prefix)
+        if new != key and new not in state_dict:
+            state_dict[new] = state_dict.pop(key)
+
+
+def upgrade_state_dict(model: nn.Module, state_dict: Mapping[str, V]) -> dict[str, V]:
+    """``state_dict`` with parameter names of older layouts renamed to ``model``'s (see :meth:`Net.legacy_keys`).
+
+    For code that matches tensors by name without ``load_state_dict`` (weight transfer); a plain module gets the
+    names unchanged.
+    """
+    net = unwrap(model)
+    return net.legacy_keys(state_dict) if isinstance(net, Net) else dict(state_dict)
 
 
 def main_output(out: Any) -> torch.Tensor:

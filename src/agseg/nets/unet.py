@@ -4,9 +4,10 @@ Encoder: a double convolution per level, max-pooling between levels. Decoder: up
 convolution that halves the channels, concatenation with the skip, double convolution. A 1x1(x1) output
 convolution gives logits (no sigmoid or softmax: the losses take logits).
 
-The class is also the skeleton of the gated nets: :meth:`UNet.process_skip` is the hook where
-:class:`~agseg.nets.attention_unet.AttentionUNet` puts its gates, and deep supervision lives here so that a
-U-Net and an Attention U-Net can be compared with the same heads.
+The net is a composition of the parts in :mod:`agseg.nets.parts`: ``encoder`` (:class:`~agseg.nets.parts.Encoder`),
+``decoder`` (:class:`~agseg.nets.parts.UNetDecoder`), ``skips`` (``None`` here; the Attention U-Net's
+:class:`~agseg.nets.parts.AttentionSkips`) and ``head`` (:class:`~agseg.nets.parts.DeepSupervisionHead`, here so
+that a U-Net and an Attention U-Net can be compared with the same heads).
 """
 
 from __future__ import annotations
@@ -14,49 +15,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
-from agseg.blocks.conv import DoubleConv, UpConv
-from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
+from agseg.blocks.registry import BlockFactory
+from agseg.layers import check_spatial_dims
+from agseg.nets.base import SegmentationNet
+from agseg.nets.parts import (
+    AttentionSkips,
+    DeepSupervisionHead,
+    Encoder,
+    Output,
+    PoolSizes,
+    UNetDecoder,
+)
 from agseg.nets.registry import register_model
 
 __all__ = ["DeepSupervisionHead", "UNet"]
 
-Output = torch.Tensor | list[torch.Tensor]
-
-
-class DeepSupervisionHead(nn.Module):
-    """Output heads: one 1x1 conv, or one per decoder scale (deep supervision, seed 001/003).
-
-    With ``deep_supervision``, each decoder level ``l`` gets a 1x1(x1) head whose logits are up-sampled to the
-    input grid; with ``fuse`` (the authors' CT models) a final 1x1 conv fuses the concatenated heads into the
-    main output. In training mode the net returns a list, finest first: ``[fused, head_0, ..., head_{L-1}]``
-    with ``fuse``, else ``[head_0, ..., head_{L-1}]``. In eval mode it returns the main output (``fused`` or
-    ``head_0``) alone.
-    """
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        channels: Sequence[int],
-        out_channels: int,
-        deep_supervision: bool = False,
-        fuse: bool = True,
-    ) -> None:
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        n = len(channels) if deep_supervision else 1
-        self.heads = nn.ModuleList(Conv[spatial_dims](channels[i], out_channels, 1) for i in range(n))
-        self.fuse = Conv[spatial_dims](out_channels * n, out_channels, 1) if deep_supervision and fuse else None
-
-    def forward(self, feats: Sequence[torch.Tensor], size: Sequence[int]) -> Output:
-        """``feats``: decoder outputs, finest first; ``size``: the input's spatial size."""
-        if not self.deep_supervision:
-            return self.heads[0](feats[0])
-        outs = [resize_to(head(f), size) for head, f in zip(self.heads, feats, strict=False)]
-        if self.fuse is not None:
-            outs.insert(0, self.fuse(torch.cat(outs, dim=1)))
-        return outs if self.training else outs[0]
+#: Parameter names before the nets were split into parts (commit 45bf0f5 and earlier) -> current names.
+UNET_LEGACY_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.(\d+)\.", r"encoder.blocks.\1."),
+    (r"^ups\.(\d+)\.", r"decoder.ups.\1."),
+    (r"^decoder\.(\d+)\.", r"decoder.blocks.\1."),
+)
 
 
 @register_model(
@@ -64,7 +44,7 @@ class DeepSupervisionHead(nn.Module):
     description="U-Net: double conv blocks, max-pool down, up-sample + conv, skip concatenation",
     paper="Ronneberger et al. 2015; seed 000 Table 3.1",
 )
-class UNet(nn.Module):
+class UNet(SegmentationNet):
     """U-Net for 2D or 3D segmentation.
 
     Args:
@@ -76,11 +56,23 @@ class UNet(nn.Module):
         up_mode: ``"interp"`` (interpolation + 3x3 conv, thesis) or ``"transpose"`` (transposed conv).
         deep_supervision: one output head per decoder scale (see :class:`DeepSupervisionHead`).
         ds_fuse: with deep supervision, fuse the heads with a final 1x1 conv (the authors' CT models).
+        block: the conv block of every encoder and decoder level, a name in :mod:`agseg.blocks.registry`
+            (``"double_conv"``, the U-Net's) or a factory ``(spatial_dims, in_ch, out_ch, norm=...) -> Module``.
+        pool_sizes: one entry per down-sampling step (``len(channels) - 1``), an int or one per axis, e.g.
+            ``[(1, 2, 2), (2, 2, 2), 2]`` for anisotropic 3D data; default 2 everywhere.
+
+    Attributes:
+        encoder, decoder, skips, head: the parts (``skips`` is ``None`` for a net without gates).
 
     Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)`` logits. Any spatial size works as long
-    as every side is at least ``2 ** (len(channels) - 1)``: max-pooling floors odd sizes and up-sampling
-    goes to the skip's exact grid.
+    as every side is at least :attr:`min_input_shape` (``2 ** (len(channels) - 1)`` with the default pooling):
+    max-pooling floors odd sizes and up-sampling goes to the skip's exact grid.
+
+    Checkpoints with the parameter names of the nets before they were split into parts (``encoder.0...``,
+    ``ups.N...``, ``decoder.N...``) load unchanged (:attr:`legacy_renames`).
     """
+
+    legacy_renames = UNET_LEGACY_RENAMES
 
     def __init__(
         self,
@@ -92,6 +84,8 @@ class UNet(nn.Module):
         up_mode: str = "interp",
         deep_supervision: bool = False,
         ds_fuse: bool = True,
+        block: str | BlockFactory = "double_conv",
+        pool_sizes: PoolSizes | None = None,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -104,21 +98,18 @@ class UNet(nn.Module):
         self.channels = channels
         self.deep_supervision = deep_supervision
         n_skips = len(channels) - 1
-        self.encoder = nn.ModuleList(
-            DoubleConv(spatial_dims, in_channels if i == 0 else channels[i - 1], channels[i], norm=norm)
-            for i in range(len(channels))
-        )
-        self.pool = MaxPool[spatial_dims](2)
-        self.ups = nn.ModuleList(UpConv(spatial_dims, channels[i + 1], channels[i], up_mode) for i in range(n_skips))
-        self.decoder = nn.ModuleList(
-            DoubleConv(spatial_dims, 2 * channels[i], channels[i], norm=norm) for i in range(n_skips)
+        self.encoder = Encoder(spatial_dims, in_channels, channels, block=block, norm=norm, pool_sizes=pool_sizes)
+        self.pool_sizes = self.encoder.pool_sizes
+        self.decoder = UNetDecoder(
+            spatial_dims, channels, block=block, up_mode=up_mode, norm=norm, pool_sizes=self.pool_sizes
         )
         self.head = DeepSupervisionHead(spatial_dims, channels[:n_skips], out_channels, deep_supervision, ds_fuse)
+        self.skips: AttentionSkips | None = None
 
     @property
-    def min_input_size(self) -> int:
-        """Smallest side the net accepts: every level must keep at least one voxel."""
-        return 2 ** (len(self.channels) - 1)
+    def min_input_shape(self) -> tuple[int, ...]:
+        """Smallest spatial size per axis: every level must keep at least one voxel (product of the pool sizes)."""
+        return self.encoder.min_input_shape
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
@@ -128,48 +119,30 @@ class UNet(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
-        if min(x.shape[2:]) < self.min_input_size:
+        spatial, minimum = tuple(x.shape[2:]), self.min_input_shape
+        small = [a for a, (s, m) in enumerate(zip(spatial, minimum, strict=True)) if s < m]
+        if not small:
+            return
+        levels = len(self.channels)
+        if all(p == 2 for sizes in self.pool_sizes for p in sizes):
             raise ValueError(
-                f"input spatial size {tuple(x.shape[2:])} is too small for {len(self.channels)} levels: every side "
-                f"must be at least {self.min_input_size} (2 ** (levels - 1))"
+                f"input spatial size {spatial} is too small for {levels} levels: every side must be at least "
+                f"{minimum[0]} (2 ** (levels - 1)); too small along axis {', '.join(map(str, small))}"
             )
-
-    def gating_context(self, bottleneck: torch.Tensor) -> torch.Tensor | None:
-        """Hook for gated nets: what every gate may use from the bottleneck, computed once a forward pass."""
-        return None
-
-    def process_skip(
-        self, level: int, skip: torch.Tensor, coarse: torch.Tensor, context: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Hook for gated nets: return the skip to concatenate at ``level`` and its attention map (or None).
-
-        Args:
-            level: skip level, 0 the finest.
-            skip: encoder features at ``level``.
-            coarse: decoder features one level coarser (the bottleneck for the coarsest skip).
-            context: what :meth:`gating_context` returned.
-        """
-        return skip, None
+        detail = "; ".join(f"axis {a} must be at least {minimum[a]}, got {spatial[a]}" for a in small)
+        raise ValueError(
+            f"input spatial size {spatial} is too small for {levels} levels with pool_sizes "
+            f"{[list(p) for p in self.pool_sizes]}: {detail} (the minimum per axis is {minimum}, the product of the "
+            f"pool sizes along it)"
+        )
 
     def _run(self, x: torch.Tensor) -> tuple[Output, dict[str, torch.Tensor]]:
         self._check_input(x)
-        skips: list[torch.Tensor] = []
-        h = x
-        for i, block in enumerate(self.encoder):
-            h = block(h if i == 0 else self.pool(h))
-            skips.append(h)
-        bottleneck = skips.pop()
+        feats = self.encoder(x)
+        skip_fn = None if self.skips is None else self.skips.bind(feats[-1])
         maps: dict[str, torch.Tensor] = {}
-        feats: list[torch.Tensor] = []
-        context = self.gating_context(bottleneck)
-        h = bottleneck
-        for level in reversed(range(len(skips))):
-            skip, alpha = self.process_skip(level, skips[level], h, context)
-            if alpha is not None:
-                maps[f"level{level}"] = alpha
-            h = self.decoder[level](torch.cat([skip, self.ups[level](h, skip.shape[2:])], dim=1))
-            feats.append(h)
-        return self.head(feats[::-1], x.shape[2:]), maps
+        decoded = self.decoder(feats, skip_fn, attention=maps)
+        return self.head(decoded, x.shape[2:]), maps
 
     def forward(self, x: torch.Tensor) -> Output:
         """Logits ``(B, out_channels, *spatial)``; with deep supervision in training mode a list, finest first."""

@@ -1,0 +1,362 @@
+"""The parts a segmentation net is composed of: an encoder, a decoder, skip processing and a head.
+
+A net is an :class:`Encoder` (a block per level, down-sampling between levels), a decoder (:class:`UNetDecoder`:
+up-sampling to the skip's exact grid, concatenation, a block per level), an optional skip-processing part
+(:class:`AttentionSkips`: the Attention U-Net's gates) and a :class:`DeepSupervisionHead`, as
+segmentation_models_pytorch builds its models. New architectures are new parts: a nested decoder (UNet++/ANU-Net)
+takes the same encoder features, a residual group-attention block (FocusNet++) is a new entry of the block
+registry (:mod:`agseg.blocks.registry`) passed as ``block=``.
+
+Pool sizes: ``pool_sizes`` has one entry per down-sampling step (``len(channels) - 1``), each an int or one int
+per axis, e.g. ``[(1, 2, 2), (2, 2, 2), 2]`` for 3D data whose first axis is coarse; the default is 2 everywhere.
+The encoder and the decoder of a net must use the same pool sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from agseg.blocks.attention_gate import AttentionGateBlock
+from agseg.blocks.conv import ConvNormAct, UpConv
+from agseg.blocks.registry import BlockFactory, make_block
+from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
+
+__all__ = [
+    "GATINGS",
+    "AttentionSkips",
+    "DeepSupervisionHead",
+    "Encoder",
+    "Output",
+    "PoolSizes",
+    "SkipFn",
+    "UNetDecoder",
+    "min_shape",
+    "normalize_pool_sizes",
+]
+
+Output = torch.Tensor | list[torch.Tensor]
+#: ``skip_fn(level, skip, coarse) -> (skip', alpha or None)``: what goes into the concatenation at ``level``
+#: (0 finest) given the encoder features ``skip`` and the decoder features one level coarser ``coarse``.
+SkipFn = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+GATINGS = ("single", "multi")
+
+PoolSizes = Sequence[int | Sequence[int]]
+
+
+def normalize_pool_sizes(spatial_dims: int, n_steps: int, pool_sizes: PoolSizes | None) -> tuple[tuple[int, ...], ...]:
+    """Per-axis pool sizes, one tuple per down-sampling step: ``None`` -> 2 everywhere; an int entry -> that size
+    along every axis.
+
+    Raises:
+        ValueError: wrong number of entries, an entry with the wrong number of axes, or a size below 1.
+    """
+    if pool_sizes is None:
+        return ((2,) * spatial_dims,) * n_steps
+    if isinstance(pool_sizes, int | str) or len(pool_sizes) != n_steps:
+        raise ValueError(
+            f"pool_sizes needs one entry per down-sampling step ({n_steps} for {n_steps + 1} levels), "
+            f"got {pool_sizes!r}"
+        )
+    out = []
+    for step, p in enumerate(pool_sizes):
+        sizes = (int(p),) * spatial_dims if isinstance(p, int) else tuple(int(s) for s in p)
+        if len(sizes) != spatial_dims or min(sizes) < 1:
+            raise ValueError(
+                f"pool_sizes[{step}] = {p!r}: give an int >= 1 or {spatial_dims} ints >= 1 (one per spatial axis)"
+            )
+        out.append(sizes)
+    return tuple(out)
+
+
+def min_shape(pool_sizes: Sequence[Sequence[int]], spatial_dims: int) -> tuple[int, ...]:
+    """Per-axis product of the pool sizes: the smallest input that keeps at least one voxel at every level."""
+    shape = [1] * spatial_dims
+    for sizes in pool_sizes:
+        shape = [m * s for m, s in zip(shape, sizes, strict=True)]
+    return tuple(shape)
+
+
+def _kernel(sizes: tuple[int, ...]) -> int | tuple[int, ...]:
+    # An int when isotropic, so the layers print (and behave) as they did before per-axis pooling.
+    return sizes[0] if len(set(sizes)) == 1 else sizes
+
+
+class Encoder(nn.Module):
+    """A block per level, max-pooling between levels (the U-Net contracting path).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        channels: widths per level, finest first; the last level is the bottleneck.
+        block: a registered block name (:func:`agseg.blocks.registry.make_block`) or a factory.
+        norm: ``"batch"``, ``"instance"`` or ``"none"``.
+        pool_sizes: one entry per down-sampling step, an int or one per axis (see the module docstring).
+
+    Attributes:
+        blocks: ``nn.ModuleList`` of the per-level blocks (``blocks[0]`` the finest).
+        pools: ``nn.ModuleList`` of the max-pools, ``pools[i]`` between level ``i`` and ``i + 1``.
+        pool_sizes: per-axis pool sizes, one tuple per step.
+        min_input_shape: per-axis product of the pool sizes.
+
+    Shapes: ``forward(x (B, in_channels, *S))`` returns ``[f_0, ..., f_{L-1}]`` with ``f_i`` of shape
+    ``(B, channels[i], *S_i)``, ``S_{i+1} = floor(S_i / pool_sizes[i])``; ``f_{L-1}`` is the bottleneck.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        channels: Sequence[int],
+        block: str | BlockFactory = "double_conv",
+        norm: str = "batch",
+        pool_sizes: PoolSizes | None = None,
+    ) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        channels = tuple(int(c) for c in channels)
+        if not channels:
+            raise ValueError("channels needs at least one level")
+        self.spatial_dims, self.in_channels, self.channels = spatial_dims, in_channels, channels
+        self.pool_sizes = normalize_pool_sizes(spatial_dims, len(channels) - 1, pool_sizes)
+        self.blocks = nn.ModuleList(
+            make_block(block, spatial_dims, in_channels if i == 0 else channels[i - 1], channels[i], norm=norm)
+            for i in range(len(channels))
+        )
+        self.pools = nn.ModuleList(MaxPool[spatial_dims](_kernel(p)) for p in self.pool_sizes)
+
+    @property
+    def min_input_shape(self) -> tuple[int, ...]:
+        """Smallest spatial size per axis: every level must keep at least one voxel."""
+        return min_shape(self.pool_sizes, self.spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features per level, finest first; the last one is the bottleneck."""
+        feats: list[torch.Tensor] = []
+        h = x
+        for i, block in enumerate(self.blocks):
+            h = block(h if i == 0 else self.pools[i - 1](h))
+            feats.append(h)
+        return feats
+
+
+class UNetDecoder(nn.Module):
+    """The U-Net expanding path: per level, up-sampling to the skip's exact grid, concatenation, a block.
+
+    Level ``l`` (0 finest, ``L - 2`` the coarsest skip) takes the decoder output one level coarser (the bottleneck
+    for the coarsest), up-samples it with an :class:`~agseg.blocks.conv.UpConv` that halves the channels to
+    ``channels[l]``, concatenates ``[skip', up]`` and applies a block ``2 * channels[l] -> channels[l]``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: widths per level, finest first, as the encoder's (the last one the bottleneck).
+        block: a registered block name or a factory.
+        up_mode: ``"interp"`` (interpolation + 3x3 conv) or ``"transpose"`` (transposed conv).
+        norm: ``"batch"``, ``"instance"`` or ``"none"``.
+        pool_sizes: the encoder's pool sizes; the transposed convolutions undo them axis by axis.
+
+    Attributes:
+        ups: ``nn.ModuleList``, ``ups[l]`` brings level ``l + 1`` to level ``l``.
+        blocks: ``nn.ModuleList``, ``blocks[l]`` the block of level ``l``.
+
+    Shapes: ``forward(features)`` with the encoder's ``[f_0 (B, channels[0], *S_0), ..., f_{L-1}]`` returns
+    ``[d_0, ..., d_{L-2}]``, ``d_l`` of shape ``(B, channels[l], *S_l)``, finest first.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: Sequence[int],
+        block: str | BlockFactory = "double_conv",
+        up_mode: str = "interp",
+        norm: str = "batch",
+        pool_sizes: PoolSizes | None = None,
+    ) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 2:
+            raise ValueError(f"a decoder needs at least 2 levels (one skip and the bottleneck), got {channels}")
+        n_skips = len(channels) - 1
+        self.spatial_dims, self.channels = spatial_dims, channels
+        self.pool_sizes = normalize_pool_sizes(spatial_dims, n_skips, pool_sizes)
+        self.ups = nn.ModuleList(
+            UpConv(spatial_dims, channels[i + 1], channels[i], up_mode, scale=_kernel(self.pool_sizes[i]))
+            for i in range(n_skips)
+        )
+        self.blocks = nn.ModuleList(
+            make_block(block, spatial_dims, 2 * channels[i], channels[i], norm=norm) for i in range(n_skips)
+        )
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],
+        skip_fn: SkipFn | None = None,
+        attention: dict[str, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Decoder outputs, finest first.
+
+        Args:
+            features: the encoder's features per level, finest first, the last one the bottleneck.
+            skip_fn: ``skip_fn(level, skip, coarse) -> (skip', alpha or None)``, the skip to concatenate at
+                ``level``; identity when ``None``.
+            attention: if given, every ``alpha`` that ``skip_fn`` returns is stored as ``attention["level{l}"]``.
+        """
+        if len(features) != len(self.channels):
+            raise ValueError(f"expected {len(self.channels)} feature maps (one per level), got {len(features)}")
+        outs: list[torch.Tensor] = []
+        h = features[-1]
+        for level in reversed(range(len(self.blocks))):
+            skip = features[level]
+            if skip_fn is not None:
+                skip, alpha = skip_fn(level, skip, h)
+                if alpha is not None and attention is not None:
+                    attention[f"level{level}"] = alpha
+            h = self.blocks[level](torch.cat([skip, self.ups[level](h, skip.shape[2:])], dim=1))
+            outs.append(h)
+        return outs[::-1]
+
+
+class AttentionSkips(nn.Module):
+    """The Attention U-Net's skip processing: grid attention gates on chosen skips (seed 001, seed 003 sec. 2).
+
+    Gating:
+        ``"multi"`` (the papers' design, thesis multi-gating): the gate on skip ``l`` is driven by the decoder
+        features one level coarser; the coarsest skip (level ``L - 2``) by the gating signal (1x1(x1) conv + BN +
+        ReLU of the bottleneck, the authors' ``UnetGridGatingSignal``).
+        ``"single"`` (thesis single-gating): that one gating signal drives every gate.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: widths per level, finest first, as the encoder's.
+        gated_levels: skip levels with a gate, 0 the finest; ``None``: all but the finest (seed 001/003).
+        gating: ``"multi"`` or ``"single"``.
+        heads: sub-gates per skip (multi-dimensional attention, seed 003 sec. 2.2.1).
+        inter_ratio: the gates' intermediate channels ``F_int`` as a fraction of the skip's channels.
+        sub_sample: factor by which the gates sub-sample the skip (the papers: 2). With per-axis ``pool_sizes``, a
+            gate sub-samples only along the axes its level pools (factor 1 where the pool size is 1, where skip
+            and gating grids coincide).
+        gate_init: ``"open"`` or ``"default"`` (see :class:`~agseg.blocks.attention_gate.GridAttentionGate`).
+        norm: norm of the gating signal and the gates' output transforms.
+        pool_sizes: the encoder's pool sizes.
+
+    Attributes:
+        gating_signal: the 1x1 conv + norm + ReLU of the bottleneck.
+        gates: ``nn.ModuleDict`` of :class:`~agseg.blocks.attention_gate.AttentionGateBlock` keyed by ``str(level)``.
+
+    Use: ``skip_fn = skips.bind(bottleneck)`` (computes the gating signal once), then pass ``skip_fn`` to the
+    decoder; ``skip_fn(level, skip (B, C_l, *S_l), coarse) -> (gated skip (B, C_l, *S_l), alpha (B, heads, *S_l))``
+    on gated levels, ``(skip, None)`` on the others.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: Sequence[int],
+        gated_levels: Iterable[int] | None = None,
+        gating: str = "multi",
+        heads: int = 1,
+        inter_ratio: float = 0.5,
+        sub_sample: int = 2,
+        gate_init: str = "open",
+        norm: str = "batch",
+        pool_sizes: PoolSizes | None = None,
+    ) -> None:
+        super().__init__()
+        if gating not in GATINGS:
+            raise ValueError(f"unknown gating {gating!r}; valid: {', '.join(GATINGS)}")
+        c = tuple(int(ch) for ch in channels)
+        n_skips = len(c) - 1
+        levels = sorted(set(range(1, n_skips) if gated_levels is None else (int(i) for i in gated_levels)))
+        bad = [i for i in levels if not 0 <= i < n_skips]
+        if bad:
+            raise ValueError(f"gated_levels {bad} out of range: this net has skip levels 0..{n_skips - 1}")
+        if not levels:
+            raise ValueError("gated_levels is empty: use 'unet' for a net without gates")
+        if inter_ratio <= 0:
+            raise ValueError(f"inter_ratio must be > 0, got {inter_ratio}")
+        self.channels, self.gating, self.gated_levels = c, gating, tuple(levels)
+        pools = normalize_pool_sizes(spatial_dims, n_skips, pool_sizes)
+        self.gating_signal = ConvNormAct(spatial_dims, c[-1], c[-1], kernel_size=1, norm=norm)
+        self.gates = nn.ModuleDict()
+        for lvl in levels:
+            g_channels = c[-1] if gating == "single" or lvl == n_skips - 1 else c[lvl + 1]
+            factors = tuple(sub_sample if p > 1 else 1 for p in pools[lvl])
+            self.gates[str(lvl)] = AttentionGateBlock(
+                spatial_dims,
+                c[lvl],
+                g_channels,
+                inter_channels=max(1, round(c[lvl] * inter_ratio)),
+                heads=heads,
+                sub_sample=_kernel(factors),
+                init=gate_init,
+                norm=norm,
+            )
+
+    @property
+    def heads(self) -> int:
+        """Sub-gates per gated skip (the second axis of every attention map)."""
+        return next(iter(self.gates.values())).heads
+
+    def gating_source(self, level: int) -> str:
+        """Which signal drives the gate at ``level``: ``"bottleneck"`` or ``"decoder{l+1}"``."""
+        if self.gating == "single" or level == len(self.channels) - 2:
+            return "bottleneck"
+        return f"decoder{level + 1}"
+
+    def bind(self, bottleneck: torch.Tensor) -> SkipFn:
+        """The decoder's ``skip_fn`` for one forward pass: the gating signal of ``bottleneck`` computed once."""
+        gating = self.gating_signal(bottleneck)
+
+        def skip_fn(level: int, skip: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return self(level, skip, coarse, gating)
+
+        return skip_fn
+
+    def forward(
+        self, level: int, skip: torch.Tensor, coarse: torch.Tensor, gating: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gate ``skip`` at ``level`` with ``gating`` (the gating signal) or ``coarse`` (decoder features one level
+        coarser), as :meth:`gating_source` says; ``(skip, None)`` on an ungated level."""
+        key = str(level)
+        if key not in self.gates:
+            return skip, None
+        g = gating if self.gating_source(level) == "bottleneck" else coarse
+        return self.gates[key](skip, g)
+
+
+class DeepSupervisionHead(nn.Module):
+    """Output heads: one 1x1 conv, or one per decoder scale (deep supervision, seed 001/003).
+
+    With ``deep_supervision``, each decoder level ``l`` gets a 1x1(x1) head whose logits are up-sampled to the
+    input grid; with ``fuse`` (the authors' CT models) a final 1x1 conv fuses the concatenated heads into the
+    main output. In training mode the net returns a list, finest first: ``[fused, head_0, ..., head_{L-1}]``
+    with ``fuse``, else ``[head_0, ..., head_{L-1}]``. In eval mode it returns the main output (``fused`` or
+    ``head_0``) alone.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: Sequence[int],
+        out_channels: int,
+        deep_supervision: bool = False,
+        fuse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        n = len(channels) if deep_supervision else 1
+        self.heads = nn.ModuleList(Conv[spatial_dims](channels[i], out_channels, 1) for i in range(n))
+        self.fuse = Conv[spatial_dims](out_channels * n, out_channels, 1) if deep_supervision and fuse else None
+
+    def forward(self, feats: Sequence[torch.Tensor], size: Sequence[int]) -> Output:
+        """``feats``: decoder outputs, finest first; ``size``: the input's spatial size."""
+        if not self.deep_supervision:
+            return self.heads[0](feats[0])
+        outs = [resize_to(head(f), size) for head, f in zip(self.heads, feats, strict=False)]
+        if self.fuse is not None:
+            outs.insert(0, self.fuse(torch.cat(outs, dim=1)))
+        return outs if self.training else outs[0]
