@@ -208,8 +208,21 @@ def test_unet_weights_into_attention_unet_and_class_subset():
     )
     rep = transfer_weights(att, unet.state_dict())
     assert not rep.skipped
-    assert all(k.startswith(("gates.", "gating_signal.")) for k in rep.missing)
-    torch.testing.assert_close(att.state_dict()["encoder.0.0.0.weight"], unet.state_dict()["encoder.0.0.0.weight"])
+    assert rep.missing and all(k.startswith("skips.") for k in rep.missing)  # only the gates start fresh
+    w = "encoder.blocks.0.0.0.weight"
+    torch.testing.assert_close(att.state_dict()[w], unet.state_dict()[w])
+    # weights saved with the names of the pre-parts layout (encoder.N, ups.N, decoder.N) transfer as well
+    renames = (("encoder.blocks.", "encoder."), ("decoder.ups.", "ups."), ("decoder.blocks.", "decoder."))
+    old = {}
+    for k, v in unet.state_dict().items():
+        for new, legacy in renames:
+            k = k.replace(new, legacy)
+        old[k] = v
+    att2 = agseg.create_model(
+        "attention_unet", spatial_dims=2, out_channels=4, channels=(4, 8, 16), deep_supervision=True
+    )
+    rep2 = transfer_weights(att2, old)
+    assert sorted(rep2.loaded) == sorted(rep.loaded)
     # fine-tune on classes 0 and 2 of the 4 (seed 001 Table 3: other outputs excluded)
     small = agseg.create_model("unet", spatial_dims=2, out_channels=2, channels=(4, 8, 16), deep_supervision=True)
     rep = transfer_weights(small, unet.state_dict(), classes=[0, 2], n_source_classes=4)

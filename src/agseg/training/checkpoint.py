@@ -75,7 +75,11 @@ def transfer_weights(
     Returns:
         An :class:`InitReport` listing loaded, sliced, skipped (with the reason) and missing tensors.
     """
+    from agseg.nets.base import unwrap, upgrade_state_dict
+
     report = InitReport()
+    model = unwrap(model)
+    source = upgrade_state_dict(model, source)  # weights saved before a module rename still match by name
     target = model.state_dict()
     new_state = {}
     for name, dst in target.items():
