@@ -29,7 +29,7 @@ from agseg.data.io import (
     write_image,
     write_mask,
 )
-from agseg.data.labels import MaskSpec, label_counts
+from agseg.data.labels import MaskSpec, label_counts, parse_labels
 from agseg.data.layouts import detect_layout, list_layouts, load_dataset, register_layout
 from agseg.data.preprocess import PreprocessConfig, Preprocessor, PreprocessRecord, PreprocessResult, invert
 from agseg.data.synthetic import chest_phantom, phantom_3d, write_dataset
@@ -60,6 +60,7 @@ __all__ = [
     "list_layouts",
     "load_dataset",
     "mask_path_for",
+    "parse_labels",
     "phantom_3d",
     "read_header",
     "read_image",

@@ -1,5 +1,5 @@
 """Cases and the dataset index: where a case's files are (:class:`CaseRef`), the loaded arrays (:class:`Case`), and
-the cases of a dataset (:class:`DatasetIndex`).
+the cases of a dataset with what its layout declares (:class:`DatasetIndex`).
 
 Nothing is decoded until :meth:`CaseRef.load`. :func:`save_case_list` writes an index as the CSV/JSON case list that
 the ``list`` layout reads back.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class CaseRef:
         drop_alpha: Drop the alpha channel of RGBA rasters.
         geometry_tol: Tolerance for channel/mask geometry checks (see :meth:`Geometry.mismatch`).
         meta: Extra information (e.g. ``{"split": "train"}``); not part of equality.
+        target: Image-level class (a non-negative int) for classification, or ``None``. Independent of the mask: a
+            case with a target and no mask is labelled for classification only (:meth:`DatasetIndex.with_targets`).
     """
 
     case_id: str
@@ -68,6 +71,7 @@ class CaseRef:
     drop_alpha: bool = True
     geometry_tol: float = 1e-3
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    target: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_paths", tuple(Path(p) for p in self.image_paths))
@@ -76,9 +80,18 @@ class CaseRef:
             object.__setattr__(self, "patient_id", self.case_id)
         if not self.image_paths:
             raise ValueError(f"case {self.case_id!r} has no image path")
+        if self.target is not None:
+            try:
+                target = operator.index(self.target)
+            except TypeError:
+                raise ValueError(f"case {self.case_id!r}: target must be an int, got {self.target!r}") from None
+            if isinstance(self.target, bool) or target < 0:
+                raise ValueError(f"case {self.case_id!r}: target must be a non-negative int, got {self.target!r}")
+            object.__setattr__(self, "target", int(target))
 
     @property
     def has_mask(self) -> bool:
+        """Whether the case has mask files (a ``target`` does not count)."""
         return bool(self.mask_paths)
 
     @property
@@ -153,6 +166,7 @@ class CaseRef:
             "drop_alpha": self.drop_alpha,
             "geometry_tol": self.geometry_tol,
             "meta": dict(self.meta),
+            "target": self.target,
         }
 
     @classmethod
@@ -166,6 +180,7 @@ class CaseRef:
             drop_alpha=d.get("drop_alpha", True),
             geometry_tol=d.get("geometry_tol", 1e-3),
             meta=dict(d.get("meta", {})),
+            target=d.get("target"),
         )
 
 
@@ -181,6 +196,10 @@ class DatasetIndex(Sequence[CaseRef]):
         options: Options the layout was read with.
         skipped: Cases left out with ``skip_bad=True`` and why.
         warnings: Non-fatal findings (unlabelled images, masks without an image, ignored files).
+        labels: The label set the layout declares, ``{value: name}`` sorted by value with 0 included when declared
+            (``{0: "background", 1: "lung"}``), or ``None`` when nothing is declared. Sources: an MSD/nnU-Net
+            ``dataset.json``, the ``labels`` option (descriptor or keyword; it wins), the luna16 and dsb2018 layouts'
+            defaults. Masks are checked against these values (:attr:`MaskSpec.labels`).
     """
 
     root: Path
@@ -189,6 +208,7 @@ class DatasetIndex(Sequence[CaseRef]):
     options: dict[str, Any] = field(default_factory=dict)
     skipped: list[SkippedCase] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    labels: dict[int, str] | None = None
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -217,6 +237,10 @@ class DatasetIndex(Sequence[CaseRef]):
     def labelled(self) -> list[CaseRef]:
         """Cases that have a mask."""
         return [c for c in self.cases if c.has_mask]
+
+    def with_targets(self) -> list[CaseRef]:
+        """Cases that have an image-level class (``target``), with or without a mask."""
+        return [c for c in self.cases if c.target is not None]
 
     def check(self, *, skip_bad: bool = False, headers_only: bool = False, progress: bool = False) -> DatasetIndex:
         """Read every case (or only its headers) and deal with bad ones.
@@ -267,19 +291,26 @@ def _log_skipped(bad: Sequence[SkippedCase]) -> None:
 
 
 def save_case_list(cases: Sequence[CaseRef], path: str | Path) -> Path:
-    """Write ``cases`` as a CSV (``.csv``) or JSON list that the ``list`` layout reads back."""
+    """Write ``cases`` as a CSV (``.csv``) or JSON list that the ``list`` layout reads back.
+
+    Columns (keys) ``case_id``, ``patient_id``, ``image``, ``mask`` (several files joined by ``;`` in a CSV), and
+    ``target`` when any case has one (empty / absent for the cases without).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "case_id": c.case_id,
             "patient_id": c.patient_id,
             "image": [str(x) for x in c.image_paths],
             "mask": [str(x) for x in c.mask_paths],
+            **({"target": c.target} if c.target is not None else {}),
         }
         for c in cases
     ]
     fields = ["case_id", "patient_id", "image", "mask"]
+    if any(c.target is not None for c in cases):
+        fields.append("target")
     if p.suffix.lower() == ".csv":
         with open(p, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)

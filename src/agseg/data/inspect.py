@@ -35,8 +35,10 @@ def inspect_dataset(
         A JSON-safe dict: ``root``, ``layout``, ``n_cases`` (good cases), ``n_labelled``, ``n_unlabelled``, ``ndim``,
         ``channels``, ``shapes`` (min/max/unique), ``spacings`` (array order ``(z, y, x)``), ``dtypes``,
         ``intensity`` (per channel min/max/mean/std, and the spread of per-case ranges), ``label_values``,
-        ``label_counts`` (voxels), ``label_cases`` (cases containing each value), ``empty_masks``, ``problems``
-        (``[{case_id, path, problem}]``: bad cases, not counted in ``n_cases``), ``warnings``.
+        ``label_counts`` (voxels), ``label_cases`` (cases containing each value), ``declared_labels`` (the
+        layout's declared ``{value: name}`` with string keys, or ``None``), ``empty_masks``, ``problems``
+        (``[{case_id, path, problem}]``: bad cases, not counted in ``n_cases``), ``warnings`` (a declared label that
+        no inspected mask contains is one).
     """
     if isinstance(source, DatasetIndex):
         index, scan_problems = source, list(source.skipped)
@@ -91,6 +93,10 @@ def inspect_dataset(
         warnings.append(f"{empty} mask(s) contain only background")
     if n_ok and n_lab < n_ok:
         warnings.append(f"{n_ok - n_lab} case(s) have no mask")
+    if index.labels is not None and n_lab:
+        unseen = [f"{v} ({name})" for v, name in index.labels.items() if v not in lab_counts]
+        if unseen:
+            warnings.append(f"declared label(s) {', '.join(unseen)} appear in none of the {n_lab} mask(s) read")
     if len(spacings) > 1:
         warnings.append(f"{len(spacings)} different spacings (consider resampling to a common spacing)")
     for sp in spacings:
@@ -128,6 +134,7 @@ def inspect_dataset(
             "case_max": [min(case_max), max(case_max)] if case_max else None,
         },
         "label_cases": {str(k): v for k, v in sorted(lab_cases.items())},
+        "declared_labels": {str(k): v for k, v in index.labels.items()} if index.labels is not None else None,
         "empty_masks": empty,
         "problems": problems,
         "warnings": warnings,

@@ -4,7 +4,7 @@ a mask file (BRATS: ``Flair*``, ``T1c*`` + ``OTMultiClass``).
 Options: ``channels`` (globs, one per channel, in order), ``mask`` (a glob), ``exclude`` (globs). Without
 ``channels``, every non-mask file is a channel and every case must have the same ones; files named like masks but
 not the mask (``brainmask``) are ignored and reported. ``patient_pattern`` defaults to ``^(.*pat\\d+)_\\d+$`` (BRATS
-``..._pat0001_1``).
+``..._pat0001_1``). No label set is declared unless the ``labels`` option gives one.
 """
 
 from __future__ import annotations
@@ -76,4 +76,4 @@ def scan_case_folders(root: Path, o: dict[str, Any]) -> ScanResult:
         meta = {"split": cd.parent.name} if cd.parent != root else {}
         cases.append(build(cd.name, chans, masks, **meta))
     warnings = [f"ignored in every case folder: {', '.join(sorted(ignored))}"] if ignored else []
-    return ScanResult(cases, problems, warnings)
+    return ScanResult(cases, problems, warnings, build.labels)

@@ -1,9 +1,11 @@
 """``list``: an explicit CSV or JSON case list.
 
 CSV columns (case-insensitive) ``image`` and ``mask`` (several files separated by ``;``), optional ``patient_id``,
-``case_id``. A JSON list holds objects with the same keys (lists allowed for files), or is
+``case_id`` and an image-level class ``class`` / ``target`` / ``label_class`` (a non-negative integer; it becomes
+:attr:`CaseRef.target`). A JSON list holds objects with the same keys (lists allowed for files), or is
 ``{"cases": [...]}`` (what :func:`~agseg.data.cases.save_case_list` writes). Relative paths are relative to the list
-file (or the ``root`` option).
+file (or the ``root`` option). A row with a class and no mask is labelled for classification only. No label set is
+declared unless the ``labels`` option gives one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ LIST_KEYS = {
     "mask": ("mask", "masks", "label", "labels", "seg", "mask_path", "label_path"),
     "patient_id": ("patient_id", "patient", "subject", "subject_id"),
     "case_id": ("case_id", "case", "id", "name"),
+    "target": ("class", "target", "label_class"),
 }
 """Accepted column names (CSV) / keys (JSON) of each field, first match wins."""
 
@@ -34,6 +37,20 @@ def _paths(value: Any, base: Path) -> list[Path]:
     items = value if isinstance(value, list) else str(value).split(";")
     out = [Path(str(s).strip()) for s in items if str(s).strip()]
     return [p if p.is_absolute() else base / p for p in out]
+
+
+def _target(value: Any) -> int:
+    """A class value (``3``, ``"3"``, ``3.0``) -> int; ``ValueError`` unless a non-negative integer."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        value = int(value)
+    v = int(value) if isinstance(value, int) else int(str(value).strip())
+    if v < 0:
+        raise ValueError
+    return v
 
 
 @register_layout("list", ("file", "root"), detect=_detect, order=60)
@@ -66,10 +83,19 @@ def scan_list(path: Path, o: dict[str, Any]) -> ScanResult:
         images = _paths(get["image"], base)
         masks = _paths(get["mask"], base) if get["mask"] else []
         cid = str(get["case_id"]) if get["case_id"] else stem(images[0])
+        target = None
+        if get["target"] is not None:
+            try:
+                target = _target(get["target"])
+            except (TypeError, ValueError):
+                problems.append(
+                    DataError(list_file, f"row {i}: class {get['target']!r} is not a non-negative integer", cid)
+                )
+                continue
         missing = next((p for p in images + masks if not p.exists()), None)
         if missing is not None:
             problems.append(DataError(missing, f"listed in {list_file} (row {i}) but not found", cid))
             continue
         patient = str(get["patient_id"]) if get["patient_id"] else None
-        cases.append(build(cid, images, masks, patient_id=patient))
-    return ScanResult(cases, problems, [])
+        cases.append(build(cid, images, masks, patient_id=patient, target=target))
+    return ScanResult(cases, problems, [], build.labels)

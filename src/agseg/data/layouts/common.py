@@ -11,7 +11,7 @@ from typing import Any
 
 from agseg.data.cases import CaseRef
 from agseg.data.io import is_image_file, split_ext
-from agseg.data.labels import MaskSpec
+from agseg.data.labels import MaskSpec, parse_labels
 
 CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
 """nnU-Net channel files: ``CASE_0000`` -> ``("CASE", "0000")``."""
@@ -23,19 +23,21 @@ class Builder:
     Args:
         o: The layout options (``mask_threshold``, ``label_map``, ``labels``, ``merge``, ``patient_pattern``,
             ``drop_alpha``, ``geometry_tol``).
-        labels: The allowed label values the dataset itself gives (e.g. from ``dataset.json``); the ``labels``
-            option, when given (``None`` included), wins.
+        declared: The labels the dataset itself declares (``{value: name}``, e.g. from ``dataset.json``); the
+            ``labels`` option, when given (``None`` included), wins.
 
     Attributes:
+        labels: The declared label set ``{value: name}`` (or ``None``); its values are the allowed mask values.
         spec: The :class:`MaskSpec` every case gets.
     """
 
-    def __init__(self, o: Mapping[str, Any], labels: Sequence[int] | None = None) -> None:
+    def __init__(self, o: Mapping[str, Any], declared: Mapping[int, str] | None = None) -> None:
+        self.labels = parse_labels(o["labels"]) if "labels" in o else (dict(declared) if declared is not None else None)
         self.spec = MaskSpec(
             threshold=o.get("mask_threshold"),
             label_map=o.get("label_map"),
             merge=o.get("merge", "union"),
-            labels=o.get("labels", labels),
+            labels=tuple(self.labels) if self.labels is not None else None,
         )
         pat = o.get("patient_pattern")
         self.pattern = re.compile(pat) if pat else None
@@ -49,6 +51,7 @@ class Builder:
         masks: Sequence[Path] = (),
         *,
         patient_id: str | None = None,
+        target: int | None = None,
         **meta: Any,
     ) -> CaseRef:
         """The :class:`CaseRef` of one case; the patient id comes from ``patient_pattern`` unless given."""
@@ -57,7 +60,9 @@ class Builder:
             patient = patient_id
         elif self.pattern is not None and (m := self.pattern.match(case_id)):
             patient = m.group(1) if m.groups() else m.group(0)
-        return CaseRef(case_id, tuple(images), tuple(masks), patient, self.spec, self.drop_alpha, self.tol, meta)
+        return CaseRef(
+            case_id, tuple(images), tuple(masks), patient, self.spec, self.drop_alpha, self.tol, meta, target
+        )
 
 
 def image_entries(folder: Path) -> list[Path]:

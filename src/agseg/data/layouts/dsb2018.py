@@ -1,7 +1,7 @@
 """``dsb2018``: Data Science Bowl 2018 nuclei, ``[stage1_train/]ID/images/ID.png`` + ``ID/masks/*.png``.
 
-One mask file per nucleus, merged into one semantic mask (union); allowed labels ``(0, 1)``;
-``mask_threshold`` defaults to ``"auto"``.
+One mask file per nucleus, merged into one semantic mask (union); the declared labels are
+``{0: "background", 1: "nucleus"}``; ``mask_threshold`` defaults to ``"auto"``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 from agseg.data.errors import DataError
 from agseg.data.layouts.common import Builder, image_entries
 from agseg.data.layouts.registry import ScanResult, register_layout
+
+DSB2018_LABELS = {0: "background", 1: "nucleus"}
 
 
 def _base(root: Path) -> Path:
@@ -25,7 +27,7 @@ def _detect(p: Path) -> bool:
     return bool(subs) and all((s / "images").is_dir() for s in subs)
 
 
-@register_layout("dsb2018", detect=_detect, order=30, mask_threshold="auto", labels=(0, 1))
+@register_layout("dsb2018", detect=_detect, order=30, mask_threshold="auto", labels=DSB2018_LABELS)
 def scan_dsb(root: Path, o: dict[str, Any]) -> ScanResult:
     """Scan the DSB 2018 case folders under ``root`` (or ``root/stage1_train``)."""
     base = _base(root)
@@ -41,4 +43,4 @@ def scan_dsb(root: Path, o: dict[str, Any]) -> ScanResult:
             problems.append(DataError(d / "masks", "masks folder is empty", d.name))
             continue
         cases.append(build(d.name, imgs, masks))
-    return ScanResult(cases, problems, [])
+    return ScanResult(cases, problems, [], build.labels)

@@ -3,7 +3,8 @@
 ``cxr/NAME.png`` + ``masks/NAME.png``; ``images/`` + ``labels/``; ``imagesTr/`` + ``labelsTr/``. Mask names may carry
 ``_mask``/``_seg``/``_label``; nnU-Net channel files ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` + ``CASE.nii.gz``
 become one multi-channel case. Several mask folders (Montgomery ``ManualMask/leftMask`` + ``rightMask``) are merged
-into one label. Options: ``images``, ``masks`` (a folder or a list); ``mask_threshold`` defaults to ``"auto"``.
+into one label. Options: ``images``, ``masks`` (a folder or a list); ``mask_threshold`` defaults to ``"auto"``. No
+label set is declared unless the ``labels`` option gives one.
 """
 
 from __future__ import annotations
@@ -95,4 +96,4 @@ def scan_folders(root: Path, o: dict[str, Any]) -> ScanResult:
     orphans = [p for idx in index for p in idx.values() if p not in used]
     if orphans:
         warnings.append(f"{len(orphans)} mask file(s) have no image, e.g. {orphans[0]}")
-    return ScanResult(cases, problems, warnings)
+    return ScanResult(cases, problems, warnings, build.labels)

@@ -1,7 +1,7 @@
 """``luna16``: LUNA16 CT ``subset*/UID.mhd`` + lung masks ``seg-lungs-LUNA16/UID.mhd``.
 
 Raw mask values 3 and 4 (the lungs) become 1 and 5 (trachea) becomes 0 (``label_map`` default
-``{3: 1, 4: 1, 5: 0}``); allowed labels ``(0, 1)``. Options: ``images`` (a glob,
+``{3: 1, 4: 1, 5: 0}``); the declared labels are ``{0: "background", 1: "lung"}``. Options: ``images`` (a glob,
 default ``subset*/*.mhd``), ``masks`` (default ``seg-lungs-LUNA16``).
 """
 
@@ -14,12 +14,16 @@ from agseg.data.io import is_image_file
 from agseg.data.layouts.common import Builder, image_entries, stem
 from agseg.data.layouts.registry import ScanResult, register_layout
 
+LUNA16_LABELS = {0: "background", 1: "lung"}
+
 
 def _detect(p: Path) -> bool:
     return p.is_dir() and (p / "seg-lungs-LUNA16").is_dir()
 
 
-@register_layout("luna16", ("images", "masks"), detect=_detect, order=20, label_map={3: 1, 4: 1, 5: 0}, labels=(0, 1))
+@register_layout(
+    "luna16", ("images", "masks"), detect=_detect, order=20, label_map={3: 1, 4: 1, 5: 0}, labels=LUNA16_LABELS
+)
 def scan_luna16(root: Path, o: dict[str, Any]) -> ScanResult:
     """Scan the LUNA16 scans and lung masks under ``root``."""
     mask_dir = root / o.get("masks", "seg-lungs-LUNA16")
@@ -33,4 +37,4 @@ def scan_luna16(root: Path, o: dict[str, Any]) -> ScanResult:
     warnings = []
     if n := sum(not c.has_mask for c in cases):
         warnings.append(f"{n} scan(s) have no lung mask in {mask_dir}")
-    return ScanResult(cases, [], warnings)
+    return ScanResult(cases, [], warnings, build.labels)

@@ -1,9 +1,9 @@
 """``msd``: Medical Segmentation Decathlon / nnU-Net, ``dataset.json`` + ``imagesTr/`` + ``labelsTr/``.
 
 Cases come from ``dataset.json``'s ``training`` list (MSD) or, without one, from ``imagesTr/`` channel files
-``CASE_0000.nii.gz`` (nnU-Net v2: ``channel_names``, ``file_ending``). Masks are checked against the values of
-``labels`` (MSD ``{"0": "background", ...}`` or nnU-Net v2 ``{"background": 0, "tumour": 1 or [1, 2]}``); the
-``labels`` option overrides them.
+``CASE_0000.nii.gz`` (nnU-Net v2: ``channel_names``, ``file_ending``). The label set is declared by ``labels``: the MSD
+form ``{"0": "background", "1": "Anterior"}`` or the nnU-Net v2 form ``{"background": 0, "tumour": 1}`` (a region
+``"tumour": [1, 2]`` names each of its values ``tumour``); the ``labels`` option overrides it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agseg.data.errors import DataError
+from agseg.data.labels import msd_labels
 from agseg.data.layouts.common import CHANNEL_SUFFIX, Builder, stem
 from agseg.data.layouts.registry import ScanResult, register_layout
 
@@ -30,17 +31,7 @@ def scan_msd(root: Path, o: dict[str, Any]) -> ScanResult:
         dj = json.loads(dj_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(dj_path, f"cannot read dataset.json: {e}") from e
-    labels: list[int] | None = None
-    raw = dj.get("labels")
-    if isinstance(raw, dict) and raw:
-        if all(str(k).lstrip("-").isdigit() for k in raw):  # MSD: {"0": "background", ...}
-            labels = sorted(int(k) for k in raw)
-        else:  # nnU-Net v2: {"background": 0, "tumour": 1 or [1, 2]}
-            vals: set[int] = set()
-            for v in raw.values():
-                vals.update(int(x) for x in (v if isinstance(v, list) else [v]))
-            labels = sorted(vals)
-    build = Builder(o, labels)
+    build = Builder(o, None if "labels" in o else msd_labels(dj.get("labels"), dj_path))  # the option wins
     cases, problems, warnings = [], [], []
     if "training" in dj:
         for item in dj["training"]:
@@ -53,7 +44,7 @@ def scan_msd(root: Path, o: dict[str, Any]) -> ScanResult:
                     break
             else:
                 cases.append(build(cid, [img], [lab] if lab else []))
-        return ScanResult(cases, problems, warnings)
+        return ScanResult(cases, problems, warnings, build.labels)
     ending = dj.get("file_ending", ".nii.gz")
     n_ch = len(dj.get("channel_names", dj.get("modality", {"0": ""})))
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
@@ -74,4 +65,4 @@ def scan_msd(root: Path, o: dict[str, Any]) -> ScanResult:
             continue
         lab = lab_dir / f"{cid}{ending}"
         cases.append(build(cid, [chans[k] for k in range(n_ch)], [lab] if lab.exists() else []))
-    return ScanResult(cases, problems, warnings)
+    return ScanResult(cases, problems, warnings, build.labels)

@@ -3,7 +3,7 @@
 A layout is a scan function ``scan(root, options) -> ScanResult`` registered with :func:`register_layout`, with the
 options it accepts (on top of :data:`COMMON_OPTIONS`), their defaults, and optionally a ``detect(path) -> bool`` used
 by :func:`detect_layout` in ``order``. :func:`load_dataset` resolves descriptors, checks the options, scans, removes
-duplicate ids, and returns the :class:`DatasetIndex`.
+duplicate ids, and returns the :class:`DatasetIndex` with the label set the layout declares.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 from agseg.data.cases import CaseRef, DatasetIndex, _log_skipped
 from agseg.data.errors import DataError, SkippedCase
-from agseg.data.layouts.descriptor import is_descriptor, read_descriptor
+from agseg.data.labels import parse_labels
+from agseg.data.layouts.descriptor import descriptor_file, is_descriptor, read_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,14 @@ class ScanResult(NamedTuple):
         cases: The cases, in a stable order.
         problems: Bad cases (raised, or skipped with ``skip_bad``), each naming its file.
         warnings: Non-fatal findings; one starting with ``"ignored"`` is logged at INFO, others at WARNING.
+        labels: The declared label set ``{value: name}`` (``None``: nothing declared). A scan returning a plain
+            3-tuple declares what its ``labels`` option says.
     """
 
     cases: list[CaseRef]
     problems: list[DataError]
     warnings: list[str]
+    labels: dict[int, str] | None = None
 
 
 ScanFn = Callable[[Path, dict[str, Any]], "ScanResult | tuple[list[CaseRef], list[DataError], list[str]]"]
@@ -79,7 +83,7 @@ def register_layout(
         options: Option names the layout takes besides :data:`COMMON_OPTIONS`.
         detect: ``detect(path) -> bool`` (a folder or a file) so that :func:`detect_layout` recognises it.
         order: Detection order (built-ins: msd 10, luna16 20, dsb2018 30, folders 40, case_folders 50, list 60).
-        **defaults: Option defaults, e.g. ``label_map={3: 1, 4: 1, 5: 0}``, ``labels=(0, 1)``.
+        **defaults: Option defaults, e.g. ``label_map={3: 1, 4: 1, 5: 0}``, ``labels={0: "background", 1: "lung"}``.
 
     Raises:
         ValueError: ``name`` is already registered, or a default is not an accepted option.
@@ -156,20 +160,26 @@ def load_dataset(
         skip_bad: Skip (and log) cases with problems found while scanning (duplicate ids, missing files, ...)
             instead of raising. Problems inside files are found by :meth:`DatasetIndex.check` or on loading.
         **options: Layout options (override the descriptor's), e.g. ``mask_threshold=127``,
-            ``label_map={3: 1, 4: 1, 5: 0}``, ``images="CXR_png"``, ``channels=["Flair*", "T1c*"]``.
+            ``label_map={3: 1, 4: 1, 5: 0}``, ``images="CXR_png"``, ``channels=["Flair*", "T1c*"]``,
+            ``labels={0: "background", 1: "lung"}`` (or ``[0, 1]``, or ``{"background": 0, "lung": 1}``).
 
     Returns:
-        The :class:`DatasetIndex`.
+        The :class:`DatasetIndex`; its ``labels`` is the declared label set (``None`` when nothing is declared).
 
     Raises:
-        DataError: Empty dataset, or a scan problem (naming the file) when not ``skip_bad``.
-        ValueError: Unknown layout or option (listing the valid ones).
+        DataError: Empty dataset, a scan problem (naming the file) when not ``skip_bad``, bad ``labels`` in a
+            descriptor (naming it).
+        ValueError: Unknown layout or option (listing the valid ones), bad ``labels`` given as a keyword.
     """
     src = Path(source)
     name = layout if layout not in (None, "", "auto") else detect_layout(src)
+    desc_file: Path | None = None
+    from_desc: set[str] = set()
     if name == "descriptor":
+        desc_file = descriptor_file(src)
         root, desc = read_descriptor(src)
         name = desc.pop("layout", None) or detect_layout(root)
+        from_desc = set(desc) - set(options)
         options = {**desc, **options}
         src = root
     spec = get_layout(name)
@@ -177,11 +187,19 @@ def load_dataset(
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for layout {name!r}; allowed: {sorted(spec.options)}")
     opts = {**copy.deepcopy(dict(spec.defaults)), **options}
+    if "labels" in opts:
+        try:
+            parse_labels(opts["labels"])
+        except ValueError as e:
+            if desc_file is not None and "labels" in from_desc:
+                raise DataError(desc_file, f"bad 'labels': {e}") from e
+            raise ValueError(f"bad 'labels' option: {e}") from e
     if not src.exists():
         raise DataError(src, "dataset path not found")
     root = src.parent if src.is_file() and name == "msd" else src
     res = ScanResult(*spec.scan(root, opts))
     cases, problems = _dedupe(res.cases, res.problems)
+    labels = res.labels if res.labels is not None else parse_labels(opts.get("labels"))
     skipped = []
     if problems:
         if not skip_bad:
@@ -195,7 +213,7 @@ def load_dataset(
     if not cases:
         raise DataError(src, f"empty dataset: no cases found (layout {name!r})")
     log.debug("%s: %d case(s), layout %s", src, len(cases), name)
-    return DatasetIndex(src, name, cases, opts, skipped, list(res.warnings))
+    return DatasetIndex(src, name, cases, opts, skipped, list(res.warnings), labels)
 
 
 def _dedupe(cases: list[CaseRef], problems: list[DataError]) -> tuple[list[CaseRef], list[DataError]]:
