@@ -188,36 +188,20 @@ def _choice(where: str, value: str, valid: Sequence[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------------ labels
 def parse_labels(spec: Any, where: str = "data.labels") -> dict[int, str] | None:
-    """A label set ``{value: name}`` (sorted, 0 included) from ``{value: name}``, ``{name: value}`` or a list of
-    values (names: ``background`` for 0, the value otherwise).
+    """A label set ``{value: name}`` (sorted, 0 included as ``background`` when not named) from ``{value: name}``,
+    ``{name: value}`` or a list of values (:func:`agseg.data.labels.parse_labels`).
 
     Raises:
-        ConfigError: anything else, negative or repeated values.
+        ConfigError: anything else, or no foreground value.
     """
-    if spec is None:
+    from agseg.data.labels import parse_labels as parse
+
+    try:
+        out = parse(spec)
+    except ValueError as err:
+        raise ConfigError(f"'{where}': {err}") from None
+    if out is None:
         return None
-    out: dict[int, str] = {}
-    if isinstance(spec, Mapping):
-        keys = list(spec)
-        numeric = all(isinstance(k, int) or (isinstance(k, str) and k.strip().lstrip("-").isdigit()) for k in keys)
-        for k, v in spec.items():
-            value, name = (k, v) if numeric else (v, k)
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"'{where}': label value {value!r} is not an integer") from None
-            if value in out:
-                raise ConfigError(f"'{where}': label value {value} given twice")
-            out[value] = str(name)
-    elif isinstance(spec, list | tuple):
-        for v in spec:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"'{where}': label value {v!r} is not an integer")
-            out[int(v)] = "background" if int(v) == 0 else str(v)
-    else:
-        raise ConfigError(f"'{where}' must be a mapping {{value: name}} or a list of values, got {spec!r}")
-    if any(v < 0 for v in out):
-        raise ConfigError(f"'{where}': label values must be >= 0, got {sorted(out)}")
     out.setdefault(0, "background")
     if len(out) < 2:
         raise ConfigError(f"'{where}' needs at least one foreground label besides 0")
@@ -235,7 +219,8 @@ class LayoutOptions:
         masks: mask folder(s); several are merged (Montgomery ``ManualMask/leftMask`` + ``rightMask``).
         mask_threshold: ``"auto"``, a number (``mask > threshold`` -> 1) or null (values are labels).
         label_map: ``{raw value: label}`` applied to the masks (LUNA16: ``{3: 1, 4: 1, 5: 0}``).
-        labels: allowed label values after mapping (``data.labels`` sets them when left out).
+        labels: allowed label values after mapping, a list or ``{value: name}`` (``data.labels`` sets them when
+            left out).
         merge: several mask files: ``"union"`` or ``"index"`` (file k -> label k + 1).
         patient_pattern: regex whose first group is the patient id (patient-grouped folds).
         drop_alpha: drop the alpha channel of RGBA images.
@@ -248,7 +233,7 @@ class LayoutOptions:
     masks: str | list[str] | None = None
     mask_threshold: float | str | None = None
     label_map: dict[int, int] | None = None
-    labels: list[int] | None = None
+    labels: Any = None
     merge: str | None = None
     patient_pattern: str | None = None
     drop_alpha: bool | None = None
@@ -266,6 +251,10 @@ class LayoutOptions:
             raise ValueError(f"mask_threshold must be 'auto', a number or null, got {self.mask_threshold!r}")
         if self.merge is not None and self.merge not in ("union", "index"):
             raise ValueError(f"merge must be 'union' or 'index', got {self.merge!r}")
+        if self.labels is not None:
+            from agseg.data.labels import parse_labels as parse
+
+            parse(self.labels)  # a ValueError names the problem
         if self.patient_pattern is not None:
             try:
                 re.compile(self.patient_pattern)
@@ -331,7 +320,7 @@ class DataConfig:
         from :attr:`labels` when the options do not set them."""
         kw = self.options.to_kwargs()
         if self.labels is not None and "labels" not in kw:
-            kw["labels"] = sorted(self.labels)
+            kw["labels"] = dict(self.labels)
         return kw
 
 
@@ -604,12 +593,12 @@ def _check_eval(cfg: EvalConfig, task: str) -> None:
 
 
 def _check_layout(data: DataConfig) -> None:
-    from agseg.data.datasets import layout_options, list_layouts
+    from agseg.data.layouts import get_layout, list_layouts
 
     if data.layout != "auto":
         if data.layout not in list_layouts():
             raise ConfigError(f"'data.layout' is {data.layout!r}; valid: auto, {', '.join(list_layouts())}")
-        allowed = layout_options(data.layout)
+        allowed = get_layout(data.layout).options
         bad = sorted(set(data.options.keys()) - set(allowed))
         if bad:
             raise ConfigError(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agseg.data.datasets as datasets_mod
+import agseg.data.cases as datasets_mod
 from agseg.data import PreprocessCache, PreprocessConfig, Preprocessor, SegmentationDataset, load_dataset
 
 

@@ -15,19 +15,9 @@ origin and direction. Bad input raises :class:`DataError` naming the file.
 
 from agseg.data.augment import AugmentConfig, Augmenter
 from agseg.data.cache import PreprocessCache
-from agseg.data.datasets import (
-    Case,
-    CaseRef,
-    DatasetIndex,
-    MaskSpec,
-    detect_layout,
-    inspect_dataset,
-    label_counts,
-    list_layouts,
-    load_dataset,
-    save_case_list,
-)
+from agseg.data.cases import Case, CaseRef, DatasetIndex, save_case_list
 from agseg.data.errors import DataError, SkippedCase
+from agseg.data.inspect import inspect_dataset
 from agseg.data.io import (
     Geometry,
     detect_format,
@@ -39,6 +29,8 @@ from agseg.data.io import (
     write_image,
     write_mask,
 )
+from agseg.data.labels import MaskSpec, label_counts, parse_labels
+from agseg.data.layouts import detect_layout, list_layouts, load_dataset, register_layout
 from agseg.data.preprocess import PreprocessConfig, Preprocessor, PreprocessRecord, PreprocessResult, invert
 from agseg.data.synthetic import chest_phantom, phantom_3d, write_dataset
 from agseg.data.torch_dataset import SegmentationDataset
@@ -68,10 +60,12 @@ __all__ = [
     "list_layouts",
     "load_dataset",
     "mask_path_for",
+    "parse_labels",
     "phantom_3d",
     "read_header",
     "read_image",
     "read_mask",
+    "register_layout",
     "save_case_list",
     "split_ext",
     "write_dataset",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from agseg.data.datasets import CaseRef
+from agseg.data.cases import CaseRef
 from agseg.data.io import data_files
 from agseg.data.preprocess import Preprocessor, PreprocessRecord
 from agseg.fileio import atomic_write

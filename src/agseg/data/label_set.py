@@ -173,8 +173,8 @@ class LabelSet:
 # --------------------------------------------------------------------------------------------- counting labels
 def case_label_values(ref: Any) -> dict[int, int]:
     """``{value: voxel count}`` of a case's label map, read from its mask files only (the image is not read)."""
-    from agseg.data.datasets import label_counts
     from agseg.data.io import read_mask
+    from agseg.data.labels import label_counts
 
     masks = []
     for p in ref.mask_paths:

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agseg.data.datasets import Case, CaseRef, MaskSpec
+from agseg.data.cases import Case, CaseRef
 from agseg.data.io import Geometry
+from agseg.data.labels import MaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class Preprocessor:
 
     # ---- applying
     def apply_case(self, case: Case) -> PreprocessResult:
-        """:meth:`apply` on a loaded :class:`~agseg.data.datasets.Case`."""
+        """:meth:`apply` on a loaded :class:`~agseg.data.cases.Case`."""
         return self.apply(case.image, case.geometry, case.label)
 
     def apply(self, image: np.ndarray, geometry: Geometry, mask: np.ndarray | None = None) -> PreprocessResult:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from agseg.data.augment import AugmentConfig, Augmenter
 from agseg.data.cache import PreprocessCache
-from agseg.data.datasets import CaseRef
+from agseg.data.cases import CaseRef
 from agseg.data.errors import DataError, SkippedCase
 from agseg.data.label_set import LabelSet
 from agseg.data.preprocess import Preprocessor, PreprocessRecord
@@ -38,7 +38,7 @@ class SegmentationDataset(Dataset):
     """Cases -> preprocessed (and cached), optionally augmented, tensors.
 
     Args:
-        cases: The cases (e.g. a :class:`~agseg.data.datasets.DatasetIndex` or one fold's list).
+        cases: The cases (e.g. a :class:`~agseg.data.cases.DatasetIndex` or one fold's list).
         preprocessor: Preprocessing (default: per-case z-score only). Fitted here on ``cases`` when it needs global
             statistics and has none (pass the fitted one to validation/test datasets).
         cache: A :class:`~agseg.data.cache.PreprocessCache` or its folder; ``None`` preprocesses on every access.
