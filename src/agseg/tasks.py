@@ -92,6 +92,10 @@ class Task:
         """The per-batch metric logged during training (not the evaluation metric)."""
         raise NotImplementedError
 
+    def adapt_loss(self, loss: torch.nn.Module) -> torch.nn.Module:
+        """The loss as the trainer calls it, ``loss(output, target)``, for this task's outputs."""
+        return loss
+
 
 @dataclass(frozen=True)
 class SegmentationTask(Task):
@@ -122,6 +126,26 @@ class ClassificationTask(Task):
 
     def quick_score(self, logits: torch.Tensor, target: torch.Tensor) -> float:
         return batch_accuracy(logits, target)
+
+    def adapt_loss(self, loss: torch.nn.Module) -> torch.nn.Module:
+        return PerImageLoss(loss)
+
+
+class PerImageLoss(torch.nn.Module):
+    """A per-voxel loss applied to per-image outputs: logits ``(B, K)`` and targets ``(B,)`` get a singleton spatial
+    axis (``(B, K, 1)``, ``(B, 1)``), so that every loss of :mod:`agseg.losses` (cross-entropy, focal, ...) serves a
+    classifier unchanged; deep-supervised heads (a list) are handled like the segmentation nets' outputs."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, list | tuple):
+            output = [o[..., None] for o in output]
+        else:
+            output = output[..., None]
+        return self.loss(output, target.reshape(-1, 1))
 
 
 TASKS: dict[str, Task] = {"segmentation": SegmentationTask(), "classification": ClassificationTask()}

@@ -147,6 +147,11 @@ def predict(
         results = predictor.predict_paths(inputs, out, probs=probs, attention=attention)
     except _known_errors() as err:
         fail(_msg(err))
-    for r in results:
-        console.print(f"wrote {r['mask']}")
-    console.print(f"{len(results)} mask(s) in {out}")
+    masks = [r["mask"] for r in results if "mask" in r]
+    for m in masks:
+        console.print(f"wrote {m}")
+    table = next((r["predictions"] for r in results if "predictions" in r), None)
+    if table is not None:
+        console.print(f"{len(results) - 1} prediction(s) in {table}")
+    else:
+        console.print(f"{len(masks)} mask(s) in {out}")

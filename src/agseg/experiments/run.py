@@ -282,6 +282,7 @@ def train_model(
     loss = create_loss(loss_name, **cfg.train.loss_kwargs)
     if uses_deep_supervision(model):
         loss = DeepSupervisionLoss(loss, cfg.train.ds_weights)
+    loss = task.adapt_loss(loss)
     patch = list(augment.patch_size) if augment is not None and augment.patch_size else None
     bundle = ModelBundle(
         model_name=name,
@@ -464,7 +465,8 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
         if f.is_file():
             rows += read_csv(f)
             done += 1
-    metric_cols = [k for k in (rows[0] if rows else {}) if k not in ("model", "repeat", "fold", "case_id")]
+    not_metrics = ("model", "repeat", "fold", "case_id", "target", "predicted", "predicted_class")
+    metric_cols = [k for k in (rows[0] if rows else {}) if k not in not_metrics]
     summary = summarize(rows, metric_cols) if rows else {}
     per_fold: dict[str, dict[str, float]] = {}
     for m in metric_cols:
