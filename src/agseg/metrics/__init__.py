@@ -11,7 +11,7 @@ dataset-level (pooled) ratios :class:`PooledOverlap`.
 Distance (:mod:`~agseg.metrics.distance`): :func:`hausdorff` (thesis eq. 3.4; ``percentile=95`` gives HD95),
 :func:`hd95`, :func:`assd`, :func:`surface`, :func:`surface_distances`.
 Tables (:mod:`~agseg.metrics.table`): :func:`evaluate_case`, :func:`summarize`, :func:`write_csv`,
-:func:`write_summary_json`.
+:func:`write_summary_json`, :func:`read_csv`, :func:`read_csv_table`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from agseg.metrics.table import (
     evaluate_case,
     format_summary,
     read_csv,
+    read_csv_table,
     summarize,
     write_csv,
     write_summary_json,
@@ -66,6 +67,7 @@ __all__ = [
     "per_class",
     "precision",
     "read_csv",
+    "read_csv_table",
     "recall",
     "sensitivity",
     "specificity",
