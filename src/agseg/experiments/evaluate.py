@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from agseg.data.errors import DataError
 from agseg.data.io import data_files, read_mask, split_ext
 from agseg.metrics import (
+    DEFAULT_METRICS,
     PooledOverlap,
     evaluate_case,
     get_metric,
@@ -137,7 +138,7 @@ def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
     out_dir: str | Path | None = None,
-    metrics: Sequence[str] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     labels: Sequence[int] | str | None = "auto",
     ref_threshold: float | None = None,
     pred_suffix: str = "",
@@ -149,7 +150,7 @@ def evaluate_folders(
         pred_dir: predicted masks (any supported format).
         ref_dir: reference masks, matched by file name.
         out_dir: where to write; None writes nothing.
-        metrics: metric names (``agseg.metrics.list_metrics()``).
+        metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         labels: ``"auto"`` (binary when the references hold one foreground value, else every non-zero value),
             ``None`` (binary, non-zero is foreground), or an explicit list.
         ref_threshold: binarise references as ``value > ref_threshold`` (anti-aliased PNG masks: 127).
@@ -211,7 +212,7 @@ def _fold_dirs(run_dir: Path) -> list[Path]:
 def evaluate_run(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
-    metrics: Sequence[str] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd95"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     progress: bool = True,
 ) -> Evaluation:
     """Re-evaluate the saved test predictions of a CV run (``agseg cv``) or of one of its folds, without
@@ -220,7 +221,7 @@ def evaluate_run(
     Args:
         run_dir: the CV folder (with ``repeat{r}_fold{f}/predictions``) or one fold folder.
         out_dir: where ``metrics.csv`` and ``summary.json`` go; None writes nothing.
-        metrics: metric names (``agseg.metrics.list_metrics()``).
+        metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         progress: show a progress bar.
 
     Returns:
@@ -249,7 +250,8 @@ def evaluate_run(
         bundle = json.loads((fdir / "model" / "model.json").read_text(encoding="utf-8"))
         fold_labels = [int(v) for v in bundle["labels"] if int(v) != 0]
         labels = fold_labels if len(fold_labels) > 1 else None
-        for row in read_csv(fdir / "metrics.csv"):  # the fold's test cases, as its CV table lists them
+        # the fold's test cases, as its CV table lists them; ids stay strings ("001" is not 1.0)
+        for row in read_csv(fdir / "metrics.csv", text_columns=("model", "case_id")):
             ident = {"model": cfg.name, "repeat": int(row["repeat"]), "fold": int(row["fold"])}
             jobs.append((index.get(str(row["case_id"])), fdir, {**ident, "case_id": str(row["case_id"])}))
     rows: list[dict[str, Any]] = []

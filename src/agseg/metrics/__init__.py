@@ -11,7 +11,8 @@ dataset-level (pooled) ratios :class:`PooledOverlap`.
 Distance (:mod:`~agseg.metrics.distance`): :func:`hausdorff` (thesis eq. 3.4; ``percentile=95`` gives HD95),
 :func:`hd95`, :func:`assd`, :func:`surface`, :func:`surface_distances`.
 Tables (:mod:`~agseg.metrics.table`): :func:`evaluate_case`, :func:`summarize`, :func:`write_csv`,
-:func:`write_summary_json`, :func:`read_csv`, :func:`read_csv_table`.
+:func:`write_summary_json`, :func:`read_csv`, :func:`read_csv_table`; :data:`DEFAULT_METRICS`, the one default list
+of metric names.
 """
 
 from __future__ import annotations

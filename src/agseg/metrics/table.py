@@ -34,7 +34,9 @@ __all__ = [
     "write_summary_json",
 ]
 
-DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity", "hd", "hd95", "assd")
+DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd")
+"""The metrics computed when none are named: by :func:`evaluate_case`, ``agseg evaluate`` and the experiment config
+(``sensitivity`` is :func:`~agseg.metrics.recall` under the thesis' name)."""
 
 
 @dataclass(frozen=True)
