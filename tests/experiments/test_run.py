@@ -16,6 +16,7 @@ from agseg.cli import app
 from agseg.config import TrainConfig, from_dict
 from agseg.data import PreprocessConfig, Preprocessor, SegmentationDataset, load_dataset, write_dataset
 from agseg.data.augment import AugmentConfig
+from agseg.data.errors import DataError
 from agseg.data.io import Geometry
 from agseg.experiments.run import run_cv
 from agseg.inference.bundle import ModelBundle
@@ -80,7 +81,7 @@ def test_config_errors_name_what_is_valid(cxr, tmp_path):
         run_cv(tiny_cfg(cxr, model="vnet"), tmp_path / "x", folds=[0])
     with pytest.raises(KeyError, match="dice_ce"):
         run_cv(tiny_cfg(cxr, **{"train.loss": "dicey"}), tmp_path / "y", folds=[0])
-    with pytest.raises(Exception, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere.*dataset path not found"):
         run_cv(tiny_cfg(tmp_path / "nowhere"), tmp_path / "z")
 
 
