@@ -81,5 +81,10 @@ def test_json_is_valid_and_text_table(tmp_path):
     assert data["metrics"]["hd95"]["n_undefined"] == 4
     assert data["metrics"]["dice"]["n_nan"] == 1
     text = format_summary(s)
-    assert "hd95" in text and "+/-" in text
-    assert text.splitlines()[2].split()[-1] == "4"  # the undefined count is shown
+    lines = text.splitlines()
+    assert lines[0].split() == ["metric", "mean", "+/-", "std", "median", "n", "undefined"] and len(lines) == 3
+    for line, name in zip(lines[1:], ["dice", "hd95"], strict=True):  # metric, mean +/- std, median, n, undefined
+        m = s[name]
+        want = [name, f"{m.mean:.4f}", "+/-", f"{m.std:.4f}", f"{m.median:.4f}", str(m.n), str(m.n_undefined)]
+        assert line.split() == want
+    assert lines[2].split()[-1] == "4"  # hd95: one inf, one nan and two rows without it are counted
