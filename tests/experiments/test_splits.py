@@ -75,7 +75,9 @@ def test_val_fraction():
 
 def test_ungrouped_uses_each_case_as_group():
     plan = make_splits(IDS[:10], n_folds=10, seed=0, val_fraction=0)
-    assert all(len(f.test) == 1 for f in plan)
+    assert plan.groups == plan.case_ids == sorted(IDS[:10])
+    assert all(len(f.test) == 1 for f in plan)  # leave-one-out: each case alone in one test fold
+    assert sorted(f.test[0] for f in plan) == sorted(IDS[:10])
 
 
 def test_json_round_trip_and_schema(tmp_path):
