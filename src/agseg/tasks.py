@@ -141,10 +141,7 @@ class PerImageLoss(torch.nn.Module):
         self.loss = loss
 
     def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        if isinstance(output, list | tuple):
-            output = [o[..., None] for o in output]
-        else:
-            output = output[..., None]
+        output = [o[..., None] for o in output] if isinstance(output, list | tuple) else output[..., None]
         return self.loss(output, target.reshape(-1, 1))
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import math
 
+import numpy as np
 import pytest
+from scipy import stats
 from typer.testing import CliRunner
 
 from agseg.cli import app
+from agseg.experiments.compare import format_p
 
 
 @pytest.mark.slow
@@ -23,8 +27,29 @@ def test_demo_fast_leaves_splits_metrics_and_comparison(tmp_path):
         assert (out / model / "splits.json").read_bytes() == (out / "splits.json").read_bytes()
     with (out / "compare" / "pairwise.csv").open(encoding="utf-8") as fh:
         pairs = {r["metric"]: r for r in csv.DictReader(fh)}
-    assert 0 <= float(pairs["dice"]["kw_p"]) <= 1 and 0 <= float(pairs["dice"]["wilcoxon_p"]) <= 1
     md = (out / "compare" / "compare.md").read_text(encoding="utf-8")
+    # the reported p-values are SciPy's on the demo's own per-case tables: Kruskal-Wallis on each model's defined
+    # values, the Wilcoxon signed-rank test on the differences of the same (repeat, case_id) in both models
+    per_case = {}
+    for model in ("unet", "attention_multi"):
+        with (out / model / "metrics.csv").open(encoding="utf-8") as fh:
+            per_case[model] = {(float(r["repeat"]), r["case_id"]): r for r in csv.DictReader(fh)}
+    assert per_case["unet"].keys() == per_case["attention_multi"].keys()
+    keys = sorted(per_case["unet"])
+    assert {"dice", "hd95"} <= set(pairs)
+    for metric in ("dice", "hd95"):
+        a, b = (np.array([float(per_case[m][k][metric]) for k in keys]) for m in ("unet", "attention_multi"))
+        row = pairs[metric]
+        assert (row["model_a"], row["model_b"]) == ("unet", "attention_multi")
+        kw = stats.kruskal(a[np.isfinite(a)], b[np.isfinite(b)]).pvalue
+        both = np.isfinite(a) & np.isfinite(b)
+        assert np.any(a[both] != b[both]), f"{metric}: the models agree on every case; the check would be vacuous"
+        wx = stats.wilcoxon(a[both] - b[both]).pvalue
+        assert math.isfinite(kw) and math.isfinite(wx)
+        assert float(row["kw_p"]) == pytest.approx(kw, rel=1e-9)
+        assert float(row["wilcoxon_p"]) == pytest.approx(wx, rel=1e-9)
+        assert int(row["n_pairs"]) == int(both.sum())
+        assert f"| unet | attention_multi | {format_p(kw)} | {format_p(kw)} | {format_p(wx)} | {format_p(wx)} |" in md
     assert "Kruskal-Wallis" in md and "unet" in md and "attention_multi" in md
     assert "Kruskal-Wallis" in res.output
     assert (out / "attention_example.png").is_file()

@@ -27,7 +27,10 @@ def test_models_one_net_with_input_shape():
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     assert info["output_shapes"] == [[1, 1, 40, 40, 24]]
-    assert info["flops"] > 0
+    # the FLOPs and parameters of that net at that input, with the --set override applied (not the default widths)
+    ref = summarize("attention_unet", (1, 1, 40, 40, 24), channels=[4, 8, 16])
+    assert info["flops"] == ref.flops and info["params"] == ref.params
+    assert ref.flops != summarize("attention_unet", (1, 1, 40, 40, 24)).flops
     text = runner.invoke(app, ["models", "unet", "--input", "1x1x64x64", "--set", "channels=4,8"])
     assert "FLOPs" in text.output and "(1, 1, 64, 64)" in text.output
 

@@ -58,6 +58,16 @@ def test_small_images_are_padded_and_no_label() -> None:
     aug = Augmenter(AugmentConfig(patch_size=(32, 32)), 2)
     img, lab = aug(np.ones((1, 20, 40), np.float32), None, seed=0)
     assert img.shape == (1, 32, 32) and lab is None
+    # without affine and intensity changes the content is kept as it is: 20 rows padded to 32 with zero rows,
+    # 40 columns cropped to a window of 32 consecutive ones (pixel value = column index + 1, never 0)
+    src = np.tile(np.arange(1, 41, dtype=np.float32), (20, 1))[None]
+    plain = Augmenter(AugmentConfig(patch_size=(32, 32), affine_prob=0, intensity_prob=0), 2)
+    for seed in range(3):
+        a = plain(src, None, seed=seed)[0][0].numpy()
+        kept = a.any(axis=1)
+        assert a.shape == (32, 32) and int(kept.sum()) == 20 and (a[~kept] == 0).all()
+        start = int(a[kept][0, 0]) - 1
+        np.testing.assert_array_equal(a[kept], src[0, :, start : start + 32])
     with pytest.raises(ValueError, match="3D"):
         Augmenter(AugmentConfig(patch_size=(8, 8)), 3)
     assert AugmentConfig.from_dict(AugmentConfig(flip_axes=(1,)).to_dict()) == AugmentConfig(flip_axes=(1,))

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agseg.cli import app
@@ -18,7 +19,10 @@ def test_inspect_json(synth_root: Path) -> None:
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["n_cases"] == 3 and report["label_values"] == [0, 1, 2] and report["layout"] == "folders"
-    assert report["spacings"]["min"] == [2.5, 0.9, 0.8] or report["spacings"]["min"][0] == 2.5
+    # written with spacing (x, y, z) = (0.8, 0.9, 2.5) and size (z, y, x) = (12, 20, 24): reported in array order
+    for key in ("min", "max"):
+        assert report["spacings"][key] == pytest.approx([2.5, 0.9, 0.8], rel=1e-6)
+        assert report["shapes"][key] == [12, 20, 24]
 
 
 def test_inspect_table(synth_root: Path) -> None:

@@ -165,6 +165,21 @@ def test_single_run_and_bad_inputs(runs, tmp_path):
         load_run(tmp_path / "dup.csv")
 
 
+def test_numeric_looking_case_ids_stay_distinct_strings(tmp_path):
+    # "001" and "1" are different cases: read as numbers they would collide (a duplicate) or pair wrongly
+    rows_a = [("001", 0.9), ("1", 0.5), ("010", 0.7), ("1e1", 0.6)]
+    rows_b = [("1e1", 0.1), ("010", 0.2), ("1", 0.3), ("001", 0.4)]
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        text = "model,repeat,fold,case_id,dice\n" + "".join(f"{name},0,0,{c},{v}\n" for c, v in rows)
+        (tmp_path / f"{name}.csv").write_text(text)
+    ra = load_run(tmp_path / "a.csv")
+    assert ra.case_id == ["001", "1", "010", "1e1"]
+    row = compare_runs([tmp_path / "a.csv", tmp_path / "b.csv"]).pair("dice", "a", "b")
+    diffs = np.array([0.9 - 0.4, 0.5 - 0.3, 0.7 - 0.2, 0.6 - 0.1])  # paired by id string, not by row order
+    assert row["n_pairs"] == 4 and row["mean_diff"] == pytest.approx(diffs.mean())
+    assert row["median_diff"] == pytest.approx(np.median(diffs))
+
+
 def test_multi_model_csv_and_duplicate_labels(tmp_path):
     (tmp_path / "all.csv").write_text(
         "model,repeat,fold,case_id,dice\n"

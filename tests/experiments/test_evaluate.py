@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -9,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from agseg.cli import app
-from agseg.config import from_dict
+from agseg.config import EvalConfig, from_dict
 from agseg.data import load_dataset, write_dataset
 from agseg.data.errors import DataError
 from agseg.data.io import Geometry, mask_path_for, read_mask, write_mask
 from agseg.experiments.evaluate import evaluate_folders, evaluate_run
 from agseg.experiments.run import run_cv
-from agseg.metrics import dice, hd95, read_csv
+from agseg.metrics import DEFAULT_METRICS, dice, evaluate_case, get_metric, hd95, list_metrics, read_csv
 
 
 def _disc(shape, centre, r):
@@ -45,6 +46,25 @@ def test_png_folders_binary(tmp_path):
     assert res.pooled["dice"] == pytest.approx(pooled) and saved["pooled"]["dice"] == pytest.approx(pooled)
     assert res.pooled["dice"] != pytest.approx(summary["dice"]["mean"], abs=1e-6)
     assert res.pooled["n_cases"] == 3
+
+
+def test_every_default_metric_list_is_metrics_default(tmp_path):
+    assert set(DEFAULT_METRICS) <= set(list_metrics())
+    for fn in (evaluate_folders, evaluate_run):
+        assert tuple(inspect.signature(fn).parameters["metrics"].default) == DEFAULT_METRICS, fn.__name__
+    assert tuple(EvalConfig().metrics) == DEFAULT_METRICS
+    ref, pred = _disc((30, 30), (15, 15), 6), _disc((30, 30), (16, 15), 5)
+    assert tuple(evaluate_case(pred, ref)) == DEFAULT_METRICS
+    g = Geometry.identity((30, 30), format="png")
+    write_mask(tmp_path / "ref" / "a.png", ref, g)
+    write_mask(tmp_path / "pred" / "a.png", pred, g)
+    out = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                                   "-o", str(tmp_path / "ev")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    (row,) = read_csv(tmp_path / "ev" / "metrics.csv", text_columns=("case_id",))
+    assert list(row) == ["case_id", *DEFAULT_METRICS]  # `agseg evaluate` without -m computes the default list
+    for m in DEFAULT_METRICS:
+        assert row[m] == pytest.approx(get_metric(m)(pred, ref)), m
 
 
 def test_nifti_multiclass_with_spacing_and_empty_prediction(tmp_path):

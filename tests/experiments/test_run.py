@@ -17,11 +17,12 @@ from agseg.config import ConfigError, TrainConfig, from_dict
 from agseg.data import PreprocessConfig, Preprocessor, SegmentationDataset, load_dataset, write_dataset
 from agseg.data.augment import AugmentConfig
 from agseg.data.errors import DataError
-from agseg.data.io import Geometry
+from agseg.data.io import mask_path_for, read_mask
 from agseg.experiments.run import run_cv
 from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor
 from agseg.losses import create_loss
+from agseg.metrics import read_csv
 from agseg.training.callbacks import Callback
 from agseg.training.trainer import Trainer
 
@@ -82,7 +83,7 @@ def test_config_errors_name_what_is_valid(cxr, tmp_path):
         tiny_cfg(cxr, model="vnet")
     with pytest.raises(ConfigError, match="train.loss.*dice_ce"):
         tiny_cfg(cxr, **{"train.loss": "dicey"})
-    with pytest.raises(DataError, match="nowhere.*not found"):
+    with pytest.raises(DataError, match="nowhere.*dataset path not found"):
         run_cv(tiny_cfg(tmp_path / "nowhere"), tmp_path / "z")
     assert not (tmp_path / "z").exists(), "a failed run left a directory"
 
@@ -135,11 +136,24 @@ def test_predict_volume_keeps_geometry(tmp_path, name):
 
 def test_predictor_from_a_checkpoint_file(cxr, tmp_path):
     run_cv(tiny_cfg(cxr), tmp_path / "cv", folds=[2])
-    ckpt = tmp_path / "cv" / "repeat0_fold2" / "checkpoints" / "last.pt"
-    pred = Predictor.from_path(ckpt)
-    case = load_dataset(cxr, mask_threshold=127)[0].load()
-    out = pred.predict_array(case.image, case.geometry)
-    assert out.label.shape == case.label.shape and isinstance(out.geometry, Geometry)
+    fold = tmp_path / "cv" / "repeat0_fold2"
+    info = json.loads((fold / "model" / "model.json").read_text(encoding="utf-8"))["info"]
+    assert info["selected_epoch"] == 1  # one epoch: the exported model holds the weights of last.pt
+    pred = Predictor.from_path(fold / "checkpoints" / "last.pt")
+    exported = Predictor.from_path(fold / "model")
+    index = load_dataset(cxr, mask_threshold=127)
+    test_ids = [r["case_id"] for r in read_csv(fold / "metrics.csv", text_columns=("case_id",))]
+    assert test_ids
+    for case_id in test_ids:
+        ref = index.get(case_id)
+        case = ref.load()
+        out = pred.predict_array(case.image, case.geometry)
+        assert out.label.shape == case.label.shape and case.geometry.mismatch(out.geometry) is None
+        # the checkpoint's weights and preprocessing: the same probabilities as the fold's exported model, and the
+        # mask the CV wrote for this test case
+        np.testing.assert_array_equal(out.probs, exported.predict_array(case.image, case.geometry).probs)
+        saved = read_mask(mask_path_for(ref.image_paths[0], fold / "predictions"))[0]
+        np.testing.assert_array_equal(out.label != 0, saved != 0)
 
 
 def test_resume_with_seeded_augmentation_gives_identical_weights(cxr, tmp_path):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from agseg.metrics import format_summary, read_csv, summarize, write_csv, write_summary_json
+from agseg.metrics import format_summary, read_csv, read_csv_table, summarize, write_csv, write_summary_json
 
 ROWS = [
     {"case": "a", "dice": 0.9, "hd95": 2.0},
@@ -54,6 +54,25 @@ def test_csv_round_trip_keeps_nan_and_inf(tmp_path):
         assert s1[k].mean == pytest.approx(s2[k].mean)
 
 
+def test_read_csv_keeps_text_columns_and_strips_header(tmp_path):
+    path = tmp_path / "m.csv"
+    # a byte-order mark, padded header names, numeric-looking ids, a blank cell and a short row
+    path.write_text("\ufeffcase_id , model,dice,hd95\n001,7,0.5,inf\n1e5,u, 0.25 ,  \n1,u,nan\n", encoding="utf-8")
+    header, rows = read_csv_table(path, text_columns=("case_id", "model"))
+    assert header == ["case_id", "model", "dice", "hd95"]
+    assert [r["case_id"] for r in rows] == ["001", "1e5", "1"] and [r["model"] for r in rows] == ["7", "u", "u"]
+    assert rows[0]["dice"] == 0.5 and rows[0]["hd95"] == math.inf and rows[1]["dice"] == 0.25
+    assert rows[1]["hd95"] is None and math.isnan(rows[2]["dice"]) and rows[2]["hd95"] is None
+    ids_only = read_csv(path, text_columns=("case_id",))
+    assert [(r["case_id"], r["model"]) for r in ids_only] == [("001", 7.0), ("1e5", "u"), ("1", "u")]
+    plain = read_csv(path)  # without text_columns ids that look like numbers become numbers
+    assert [r["case_id"] for r in plain] == [1.0, 1e5, 1.0]
+    (tmp_path / "head.csv").write_text("case_id,dice\n", encoding="utf-8")
+    assert read_csv_table(tmp_path / "head.csv") == (["case_id", "dice"], [])
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
+    assert read_csv_table(tmp_path / "empty.csv") == ([], [])
+
+
 def test_json_is_valid_and_text_table(tmp_path):
     s = summarize([*ROWS, {"case": "f", "dice": float("nan")}])
     path = write_summary_json(s, tmp_path / "summary.json", run="demo")
@@ -62,5 +81,10 @@ def test_json_is_valid_and_text_table(tmp_path):
     assert data["metrics"]["hd95"]["n_undefined"] == 4
     assert data["metrics"]["dice"]["n_nan"] == 1
     text = format_summary(s)
-    assert "hd95" in text and "+/-" in text
-    assert text.splitlines()[2].split()[-1] == "4"  # the undefined count is shown
+    lines = text.splitlines()
+    assert lines[0].split() == ["metric", "mean", "+/-", "std", "median", "n", "undefined"] and len(lines) == 3
+    for line, name in zip(lines[1:], ["dice", "hd95"], strict=True):  # metric, mean +/- std, median, n, undefined
+        m = s[name]
+        want = [name, f"{m.mean:.4f}", "+/-", f"{m.std:.4f}", f"{m.median:.4f}", str(m.n), str(m.n_undefined)]
+        assert line.split() == want
+    assert lines[2].split()[-1] == "4"  # hd95: one inf, one nan and two rows without it are counted

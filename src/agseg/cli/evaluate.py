@@ -20,7 +20,9 @@ def evaluate(
         None, "--run", help="Instead of --pred/--ref: re-evaluate the saved test predictions of an `agseg cv` folder."
     ),
     out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="Where metrics.csv and summary.json go."),
-    metric: list[str] | None = typer.Option(None, "--metric", "-m", help="Metric to compute (repeatable)."),
+    metric: list[str] | None = typer.Option(
+        None, "--metric", "-m", help="Metric to compute (repeatable); default: agseg.metrics.DEFAULT_METRICS."
+    ),
     labels: str = typer.Option("auto", help="'auto', 'binary', or comma-separated label values, e.g. 1,2."),
     ref_threshold: float | None = typer.Option(None, help="Binarise references as value > T (anti-aliased PNG: 127)."),
     pred_suffix: str = typer.Option("", help="Suffix of prediction file names to ignore when pairing (e.g. _pred)."),
@@ -28,12 +30,12 @@ def evaluate(
     """Per-case metrics, their summary (mean, std, median, undefined counts) and the pooled (dataset-level) overlap,
     for masks in two folders or for the saved test predictions of a CV run."""
     from agseg.experiments.evaluate import evaluate_folders, evaluate_run
-    from agseg.metrics import list_metrics
+    from agseg.metrics import DEFAULT_METRICS, list_metrics
 
     if (run is not None and (pred is not None or ref is not None)) or (run is None and (pred is None or ref is None)):
         typer.secho("error: give either --pred and --ref, or --run", fg="red", err=True)
         raise typer.Exit(2)
-    metrics = metric or ["dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd"]
+    metrics = list(metric or DEFAULT_METRICS)
     bad = [m for m in metrics if m not in list_metrics()]
     if bad:
         typer.secho(f"error: unknown metric(s) {bad}; valid: {', '.join(list_metrics())}", fg="red", err=True)

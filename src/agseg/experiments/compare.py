@@ -1,4 +1,4 @@
-"""Compare cross-validation runs: per-model tables, Kruskal-Wallis and paired Wilcoxon tests, box plots.
+"""Compare cross-validation runs: load their per-case metrics, compute the statistics, write tables and plots.
 
 Reproduces the statistics of the thesis (seed 000): the per-model "mean ± std" tables over folds and repeats
 (Tables 4.1-4.8) and the pairwise Kruskal-Wallis p-values (Table 4.9), and adds a paired Wilcoxon signed-rank test
@@ -18,17 +18,19 @@ Statistics, for each metric and each pair of models ``(a, b)``:
 * Wilcoxon signed-rank (``scipy.stats.wilcoxon``, two-sided, scipy defaults) on the differences ``a - b`` of the
   cases present in both runs, matched on ``(repeat, case_id)``, where both values are defined.
 * Holm's step-down adjustment of each test's p-values across all pairs of that metric.
+
+This module loads runs (:func:`load_runs`), orchestrates (:func:`compare_runs`, :func:`write_comparison`) and holds
+the :class:`Comparison`; the statistics are pure functions in :mod:`agseg.experiments.stats`, the Markdown/CSV
+tables and box plots are rendered by :mod:`agseg.report`. ``holm``, ``format_p``, ``to_markdown``,
+``SUMMARY_COLUMNS`` and ``PAIRWISE_COLUMNS`` are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -36,10 +38,20 @@ from typing import Any
 
 import numpy as np
 import yaml
-from scipy import stats
 
+from agseg.experiments.stats import (
+    PAIRWISE_COLUMNS,
+    SUMMARY_COLUMNS,
+    adjust_pairwise,
+    holm,
+    kruskal_all,
+    pair_stats,
+    summary_stats,
+)
 from agseg.fileio import atomic_write_bytes, atomic_write_text
-from agseg.metrics.table import summarize as summarize_cases
+from agseg.metrics.table import ID_COLUMNS, read_csv_table
+from agseg.report.figures import boxplot_filename, comparison_boxplot_png
+from agseg.report.tables import csv_text, format_p, to_markdown
 
 __all__ = [
     "PAIRWISE_COLUMNS",
@@ -57,45 +69,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_ID_COLUMNS = ("model", "repeat", "fold", "case_id")
+_ID_COLUMNS = ID_COLUMNS
+_TEXT_COLUMNS = ("model", "case_id")  # read as strings: a case id "001" must not become 1.0
 _DEFAULT_EXPERIMENT_NAME = "experiment"  # ExperimentConfig.name's default: not a useful label
-
-SUMMARY_COLUMNS = (
-    "model",
-    "metric",
-    "n",
-    "n_defined",
-    "n_undefined",
-    "n_nan",
-    "n_inf",
-    "mean",
-    "std",
-    "median",
-    "min",
-    "max",
-    "n_folds",
-    "fold_mean",
-    "fold_std",
-)
-PAIRWISE_COLUMNS = (
-    "metric",
-    "model_a",
-    "model_b",
-    "n_a",
-    "n_b",
-    "kw_statistic",
-    "kw_p",
-    "kw_p_holm",
-    "n_pairs",
-    "n_pairs_undefined",
-    "n_pairs_other_fold",
-    "median_diff",
-    "mean_diff",
-    "wilcoxon_statistic",
-    "wilcoxon_p",
-    "wilcoxon_p_holm",
-    "note",
-)
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -155,17 +131,6 @@ def _read_config_label(config_path: Path) -> str | None:
     return None
 
 
-def _parse_float(text: str) -> float | None:
-    """``float(text)`` (``nan``/``inf`` included), NaN for an empty cell, ``None`` when not a number."""
-    t = text.strip()
-    if not t:
-        return math.nan
-    try:
-        return float(t)
-    except ValueError:
-        return None
-
-
 def _resolve_csv(path: Path) -> tuple[Path, Path | None]:
     """``(metrics.csv, config.yaml or None)`` for a run directory or a CSV path."""
     if path.is_dir():
@@ -193,10 +158,7 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
     """
     path = Path(path)
     csv_path, config_path = _resolve_csv(path)
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v if isinstance(v, str) else "") for k, v in row.items()} for row in reader]
+    header, rows = read_csv_table(csv_path, text_columns=_TEXT_COLUMNS)
     if not header:
         raise ValueError(f"{csv_path}: empty file (no header row)")
     if "case_id" not in header:
@@ -208,10 +170,10 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
     for col in header:
         if col in _ID_COLUMNS:
             continue
-        parsed = [_parse_float(r.get(col, "")) for r in rows]
-        if any(p is None for p in parsed):
+        cells = [r.get(col) for r in rows]
+        if any(not (v is None or isinstance(v, float)) for v in cells):
             logger.debug("%s: column %r is not numeric; ignored", csv_path, col)
-        elif all(not (r.get(col) or "").strip() for r in rows):
+        elif all(v is None for v in cells):
             logger.debug("%s: column %r is empty; ignored", csv_path, col)
         else:
             metric_cols.append(col)
@@ -224,17 +186,17 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
             return np.zeros(len(rows), dtype=int)
         out = []
         for i, r in enumerate(rows):
-            v = _parse_float(r.get(name, ""))
-            if v is None or not math.isfinite(v) or v != int(v):
-                raise ValueError(f"{csv_path}: row {i + 2}: {name}={r.get(name)!r} is not an integer")
+            v = r.get(name)
+            if not isinstance(v, float) or not math.isfinite(v) or v != int(v):
+                raise ValueError(f"{csv_path}: row {i + 2}: {name}={v!r} is not an integer")
             out.append(int(v))
         return np.asarray(out, dtype=int)
 
     repeat = _int_col("repeat")
     fold = _int_col("fold")
-    case_id = [r.get("case_id", "").strip() for r in rows]
-    model_col = [r.get("model", "").strip() for r in rows] if "model" in header else [""] * len(rows)
-    values = {c: np.asarray([_parse_float(r.get(c, "")) for r in rows], dtype=float) for c in metric_cols}
+    case_id = [r.get("case_id", "") for r in rows]
+    model_col = [r.get("model", "") for r in rows]  # "" for every row without a model column
+    values = {c: np.asarray([math.nan if r.get(c) is None else r[c] for r in rows], dtype=float) for c in metric_cols}
 
     models = list(dict.fromkeys(model_col))
     if len(models) > 1:
@@ -284,121 +246,7 @@ def load_run(path: str | os.PathLike[str]) -> RunMetrics:
     return runs[0]
 
 
-# --------------------------------------------------------------------------------------------------- statistics
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control); NaN entries stay NaN and are not counted.
-
-    Args:
-        pvalues: Raw p-values.
-
-    Returns:
-        Adjusted p-values in the input order: the ``i``-th smallest of ``m`` is ``max_{j<=i} min(1, (m-j+1) p_j)``.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, math.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    if m == 0:
-        return out.tolist()
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out.tolist()
-
-
-def _summary_stats(values: np.ndarray, repeat: np.ndarray, fold: np.ndarray) -> dict[str, Any]:
-    """Per-case statistics (``agseg.metrics.table.summarize``) and mean ± std (ddof=1) of the per-fold means."""
-    case_level = summarize_cases([{"v": float(v)} for v in values], ["v"])["v"]
-    defined = np.isfinite(values)
-    fold_means = []
-    for r, k in sorted(set(zip(repeat.tolist(), fold.tolist(), strict=True))):
-        sel = defined & (repeat == r) & (fold == k)
-        if sel.any():
-            fold_means.append(float(values[sel].mean()))
-    fm = np.asarray(fold_means, dtype=float)
-    return {
-        "n": case_level.n,
-        "n_defined": case_level.n_defined,
-        "n_undefined": case_level.n_undefined,
-        "n_nan": case_level.n_nan,
-        "n_inf": case_level.n_inf,
-        "mean": case_level.mean,
-        "std": case_level.std,
-        "median": case_level.median,
-        "min": case_level.min,
-        "max": case_level.max,
-        "n_folds": int(fm.size),
-        "fold_mean": float(fm.mean()) if fm.size else math.nan,
-        "fold_std": float(fm.std(ddof=1)) if fm.size > 1 else math.nan,
-    }
-
-
-def _kruskal(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
-    if a.size == 0 or b.size == 0:
-        return math.nan, math.nan, "Kruskal-Wallis needs defined values in both models"
-    if np.all(np.concatenate([a, b]) == a[0]):
-        return 0.0, 1.0, "all values identical: Kruskal-Wallis p set to 1"
-    res = stats.kruskal(a, b)
-    return float(res.statistic), float(res.pvalue), ""
-
-
-def _wilcoxon(d: np.ndarray) -> tuple[float, float, str]:
-    if d.size == 0:
-        return math.nan, math.nan, ""
-    if np.all(d == 0):
-        return 0.0, 1.0, "all paired differences are zero: Wilcoxon p set to 1"
-    res = stats.wilcoxon(d)
-    return float(res.statistic), float(res.pvalue), ""
-
-
-def _pair_stats(a: RunMetrics, b: RunMetrics, metric: str) -> dict[str, Any]:
-    va, vb = a.values[metric], b.values[metric]
-    da, db = va[np.isfinite(va)], vb[np.isfinite(vb)]
-    kw_stat, kw_p, kw_note = _kruskal(da, db)
-    notes = [kw_note] if kw_note else []
-
-    index_b = {key: j for j, key in enumerate(b.keys())}
-    ia, ib = [], []
-    for i, key in enumerate(a.keys()):
-        j = index_b.get(key)
-        if j is not None:
-            ia.append(i)
-            ib.append(j)
-    ia_arr, ib_arr = np.asarray(ia, dtype=int), np.asarray(ib, dtype=int)
-    common = ia_arr.size
-    other_fold = int(np.sum(a.fold[ia_arr] != b.fold[ib_arr])) if common else 0
-    both = np.isfinite(va[ia_arr]) & np.isfinite(vb[ib_arr]) if common else np.zeros(0, dtype=bool)
-    diffs = va[ia_arr][both] - vb[ib_arr][both] if common else np.zeros(0)
-    w_stat, w_p, w_note = _wilcoxon(diffs)
-    if common == 0:
-        notes.append("no common (repeat, case_id): Wilcoxon not computed")
-    elif diffs.size == 0:
-        notes.append("no common case with both values defined: Wilcoxon not computed")
-    if w_note:
-        notes.append(w_note)
-    if other_fold:
-        notes.append(f"{other_fold} common case(s) were in different folds: the runs used different splits")
-    return {
-        "metric": metric,
-        "model_a": a.label,
-        "model_b": b.label,
-        "n_a": int(da.size),
-        "n_b": int(db.size),
-        "kw_statistic": kw_stat,
-        "kw_p": kw_p,
-        "kw_p_holm": math.nan,
-        "n_pairs": int(diffs.size),
-        "n_pairs_undefined": int(common - diffs.size),
-        "n_pairs_other_fold": other_fold,
-        "median_diff": float(np.median(diffs)) if diffs.size else math.nan,
-        "mean_diff": float(diffs.mean()) if diffs.size else math.nan,
-        "wilcoxon_statistic": w_stat,
-        "wilcoxon_p": w_p,
-        "wilcoxon_p_holm": math.nan,
-        "note": "; ".join(notes),
-    }
+# --------------------------------------------------------------------------------------------------- comparing
 
 
 @dataclass
@@ -513,24 +361,25 @@ def compare_runs(
     cmp = Comparison(runs=loaded, metrics=metric_list, notes=notes)
     for r in loaded:
         for m in metric_list:
-            cmp.summary.append({"model": r.label, "metric": m, **_summary_stats(r.values[m], r.repeat, r.fold)})
+            cmp.summary.append({"model": r.label, "metric": m, **summary_stats(r.values[m], r.repeat, r.fold)})
 
     if len(loaded) < 2:
         cmp.notes.append(f"only one model ({loaded[0].label!r}): pairwise tests need at least two runs; summary only")
         return cmp
 
     for m in metric_list:
-        rows = [_pair_stats(a, b, m) for a, b in combinations(loaded, 2)]
-        for key in ("kw", "wilcoxon"):
-            for row, adj in zip(rows, holm([row[f"{key}_p"] for row in rows]), strict=True):
-                row[f"{key}_p_holm"] = adj
+        rows = [
+            {
+                "metric": m,
+                "model_a": a.label,
+                "model_b": b.label,
+                **pair_stats(a.values[m], b.values[m], a.keys(), b.keys(), a.fold, b.fold),
+            }
+            for a, b in combinations(loaded, 2)
+        ]
+        adjust_pairwise(rows)
         cmp.pairwise.extend(rows)
-        samples = [r.values[m][np.isfinite(r.values[m])] for r in loaded]
-        if len(loaded) > 2 and all(s.size for s in samples) and not np.all(np.concatenate(samples) == samples[0][0]):
-            res = stats.kruskal(*samples)
-            cmp.omnibus[m] = (float(res.statistic), float(res.pvalue))
-        else:
-            cmp.omnibus[m] = (math.nan, math.nan)
+        cmp.omnibus[m] = kruskal_all([r.values[m][np.isfinite(r.values[m])] for r in loaded])
     if any(row["n_pairs"] == 0 for row in cmp.pairwise):
         cmp.notes.append("some pairs of runs share no defined (repeat, case_id): their Wilcoxon p is n/a")
     if any(row["n_pairs_other_fold"] for row in cmp.pairwise):
@@ -539,172 +388,6 @@ def compare_runs(
 
 
 # --------------------------------------------------------------------------------------------------- output
-
-
-def format_p(p: float) -> str:
-    """A p-value as shown in ``compare.md``: ``n/a``, ``1.2e-05`` below 0.001, else 3 significant digits."""
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    if p < 1e-3:
-        return f"{p:.1e}"
-    return f"{p:.3g}"
-
-
-def _fmt(x: float) -> str:
-    if x is None or math.isnan(x):
-        return "n/a"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.4g}"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _model_rows(c: Comparison, cell: Callable[[dict[str, Any]], str]) -> list[list[str]]:
-    """One row per model: its label, then ``cell(summary row)`` for every metric."""
-    return [[r.label, *(cell(c.summary_row(r.label, m)) for m in c.metrics)] for r in c.runs]
-
-
-def _display_path(path: Path) -> str:
-    """``path`` relative to the working directory when inside it, else its last two parts (no machine paths)."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return Path(*Path(path).parts[-2:]).as_posix()
-
-
-def to_markdown(comparison: Comparison) -> str:
-    """The comparison as Markdown: runs, per-model tables (per case and per fold), pairwise tests per metric."""
-    c = comparison
-    out = ["# Model comparison", ""]
-    run_rows = []
-    for r in c.runs:
-        run_rows.append(
-            [
-                r.label,
-                _display_path(r.source),
-                str(len(r)),
-                str(len(set(r.repeat.tolist()))),
-                str(len(set(r.fold.tolist()))),
-            ]
-        )
-    out += [_md_table(["Model", "Source", "Rows", "Repeats", "Folds"], run_rows), ""]
-
-    out += ["## Per-model results", "", "Per case, all folds and repeats: mean ± std (median); undefined values"]
-    out += ["(NaN/inf) are left out and counted.", ""]
-
-    def per_case(s: dict[str, Any]) -> str:
-        cell = f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({_fmt(s['median'])})"
-        return cell + (f" [{s['n_undefined']}/{s['n']} undefined]" if s["n_undefined"] else "")
-
-    def per_fold(s: dict[str, Any]) -> str:
-        return f"{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])} ({s['n_folds']} folds)"
-
-    out += [_md_table(["Model", *c.metrics], _model_rows(c, per_case)), ""]
-    out += ["Mean ± std of the per-fold means (as the thesis Tables 4.1-4.8 report fold averages):", ""]
-    rows = _model_rows(c, per_fold)
-    out += [_md_table(["Model", *c.metrics], rows), ""]
-
-    if c.pairwise:
-        out += ["## Pairwise tests", ""]
-        out += [
-            "Kruskal-Wallis on the defined per-case values of each model (as thesis Table 4.9); paired Wilcoxon "
-            "signed-rank on the differences #1 − #2 of the cases in both runs, matched on (repeat, case_id); "
-            "Holm adjustment across the pairs of each metric.",
-            "",
-        ]
-        for m in c.metrics:
-            rows = []
-            for p in (p for p in c.pairwise if p["metric"] == m):
-                rows.append(
-                    [
-                        p["model_a"],
-                        p["model_b"],
-                        format_p(p["kw_p"]),
-                        format_p(p["kw_p_holm"]),
-                        format_p(p["wilcoxon_p"]),
-                        format_p(p["wilcoxon_p_holm"]),
-                        str(p["n_pairs"])
-                        + (f" (+{p['n_pairs_undefined']} undefined)" if p["n_pairs_undefined"] else ""),
-                        _fmt(p["median_diff"]),
-                    ]
-                )
-            out += [f"### {m}", ""]
-            if len(c.runs) > 2:
-                _, pv = c.omnibus.get(m, (math.nan, math.nan))
-                out += [f"Kruskal-Wallis over all {len(c.runs)} models: p = {format_p(pv)}", ""]
-            header = [
-                "Model #1",
-                "Model #2",
-                "Kruskal-Wallis p",
-                "KW p (Holm)",
-                "Wilcoxon p",
-                "Wilcoxon p (Holm)",
-                "pairs",
-                "median diff (#1 − #2)",
-            ]
-            out += [_md_table(header, rows), ""]
-        pair_notes = [f"{p['metric']}: {p['model_a']} vs {p['model_b']}: {p['note']}" for p in c.pairwise if p["note"]]
-    else:
-        pair_notes = []
-    if c.notes or pair_notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in [*c.notes, *pair_notes]] + [""]
-    return "\n".join(out)
-
-
-def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(
-            [repr(float(v)) if isinstance(v, float | np.floating) else v for v in (row[c] for c in columns)]
-        )
-    return buf.getvalue()
-
-
-def _safe_name(metric: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric) or "metric"
-
-
-def _boxplot_png(comparison: Comparison, metric: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    data, ticks = [], []
-    for r in comparison.runs:
-        v = r.values[metric]
-        x = v[np.isfinite(v)]
-        data.append(x)
-        n_undef = int(v.size - x.size)
-        ticks.append(f"{r.label}\nn={x.size}" + (f", {n_undef} undefined" if n_undef else ""))
-    fig = Figure(figsize=(max(4.0, 1.6 * len(data) + 1.0), 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    positions = np.arange(1, len(data) + 1)
-    nonempty = [i for i, x in enumerate(data) if x.size]
-    if nonempty:
-        ax.boxplot([data[i] for i in nonempty], positions=positions[nonempty], widths=0.5, showmeans=True)
-    rng = np.random.default_rng(0)
-    for i, x in enumerate(data):
-        if 0 < x.size <= 500:
-            ax.scatter(positions[i] + rng.uniform(-0.12, 0.12, x.size), x, s=6, alpha=0.35, color="k", zorder=3)
-    ax.set_xticks(positions, ticks)
-    ax.set_xlim(0.4, len(data) + 0.6)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per case")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], plots: bool = True) -> list[Path]:
@@ -725,16 +408,16 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], pl
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in (
-        ("summary.csv", _csv_text(SUMMARY_COLUMNS, comparison.summary)),
-        ("pairwise.csv", _csv_text(PAIRWISE_COLUMNS, comparison.pairwise)),
+        ("summary.csv", csv_text(SUMMARY_COLUMNS, comparison.summary)),
+        ("pairwise.csv", csv_text(PAIRWISE_COLUMNS, comparison.pairwise)),
         ("compare.md", to_markdown(comparison)),
     ):
         atomic_write_text(out / name, text)
         written.append(out / name)
     if plots:
         for m in comparison.metrics:
-            path = out / f"boxplot_{_safe_name(m)}.png"
-            atomic_write_bytes(path, _boxplot_png(comparison, m))
+            path = out / boxplot_filename(m)
+            atomic_write_bytes(path, comparison_boxplot_png(comparison, m))
             written.append(path)
     logger.info("wrote %d file(s) to %s", len(written), out)
     return written

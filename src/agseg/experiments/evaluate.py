@@ -23,6 +23,8 @@ from agseg.data.errors import DataError
 from agseg.data.io import data_files, read_mask, split_ext
 from agseg.data.label_set import LabelSet
 from agseg.metrics import (
+    DEFAULT_METRICS,
+    ID_COLUMNS,
     PooledOverlap,
     evaluate_case,
     get_metric,
@@ -147,7 +149,7 @@ def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
     out_dir: str | Path | None = None,
-    metrics: Sequence[str] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     labels: Sequence[int] | str | None = "auto",
     ref_threshold: float | None = None,
     pred_suffix: str = "",
@@ -159,7 +161,7 @@ def evaluate_folders(
         pred_dir: predicted masks (any supported format).
         ref_dir: reference masks, matched by file name.
         out_dir: where to write; None writes nothing.
-        metrics: metric names (``agseg.metrics.list_metrics()``).
+        metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         labels: ``"auto"`` (binary when the references hold one foreground value, else every non-zero value),
             ``None`` (binary, non-zero is foreground), or an explicit list.
         ref_threshold: binarise references as ``value > ref_threshold`` (anti-aliased PNG masks: 127).
@@ -197,7 +199,7 @@ def evaluate_folders(
 
 
 def _finish(rows: list[dict[str, Any]], pooled: dict[str, Any], out_dir: str | Path | None, **extra: Any) -> Evaluation:
-    cols = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("model", "repeat", "fold", "case_id")]
+    cols = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ID_COLUMNS]
     summary = summarize(rows, cols)
     if out_dir is not None:
         out = Path(out_dir)
@@ -221,7 +223,7 @@ def _fold_dirs(run_dir: Path) -> list[Path]:
 def evaluate_run(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
-    metrics: Sequence[str] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd95"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     progress: bool = True,
 ) -> Evaluation:
     """Re-evaluate the saved test predictions of a CV run (``agseg cv``) or of one of its folds, without
@@ -230,7 +232,7 @@ def evaluate_run(
     Args:
         run_dir: the CV folder (with ``repeat{r}_fold{f}/predictions``) or one fold folder.
         out_dir: where ``metrics.csv`` and ``summary.json`` go; None writes nothing.
-        metrics: metric names (``agseg.metrics.list_metrics()``).
+        metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         progress: show a progress bar.
 
     Returns:
@@ -262,7 +264,8 @@ def evaluate_run(
         label_set = LabelSet.from_bundle(bundle["labels"], bundle.get("class_names"))
         labels = None if label_set.binary else list(label_set.foreground)
         suffixes = label_set.column_suffixes()
-        for row in read_csv(fdir / "metrics.csv"):  # the fold's test cases, as its CV table lists them
+        # the fold's test cases, as its CV table lists them; ids stay strings ("001" is not 1.0)
+        for row in read_csv(fdir / "metrics.csv", text_columns=("model", "case_id")):
             ident = {"model": cfg.name, "repeat": int(row["repeat"]), "fold": int(row["fold"])}
             jobs.append((index.get(str(row["case_id"])), fdir, {**ident, "case_id": str(row["case_id"])}))
     rows: list[dict[str, Any]] = []

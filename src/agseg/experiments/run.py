@@ -51,7 +51,7 @@ from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor, _safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
-from agseg.metrics import summarize, write_csv, write_summary_json
+from agseg.metrics import ID_COLUMNS, summarize, write_csv, write_summary_json
 from agseg.nets.base import uses_deep_supervision
 from agseg.nets.registry import create_model, get_model_spec
 from agseg.runtime import set_threads
@@ -463,10 +463,10 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
     for fold in plan.folds:
         f = out / _fold_name(fold.repeat, fold.fold) / "metrics.csv"
         if f.is_file():
-            rows += read_csv(f)
+            for r in read_csv(f, text_columns=("model", "case_id", "predicted_class")):
+                rows.append({**r, "repeat": int(r["repeat"]), "fold": int(r["fold"])})
             done += 1
-    not_metrics = ("model", "repeat", "fold", "case_id", "target", "predicted", "predicted_class")
-    metric_cols = [k for k in (rows[0] if rows else {}) if k not in not_metrics]
+    metric_cols = [k for k in (rows[0] if rows else {}) if k not in ID_COLUMNS]
     summary = summarize(rows, metric_cols) if rows else {}
     per_fold: dict[str, dict[str, float]] = {}
     for m in metric_cols:

@@ -11,7 +11,8 @@ dataset-level (pooled) ratios :class:`PooledOverlap`.
 Distance (:mod:`~agseg.metrics.distance`): :func:`hausdorff` (thesis eq. 3.4; ``percentile=95`` gives HD95),
 :func:`hd95`, :func:`assd`, :func:`surface`, :func:`surface_distances`.
 Tables (:mod:`~agseg.metrics.table`): :func:`evaluate_case`, :func:`summarize`, :func:`write_csv`,
-:func:`write_summary_json`.
+:func:`write_summary_json`, :func:`read_csv`, :func:`read_csv_table`; :data:`DEFAULT_METRICS`, the one default list
+of metric names.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from agseg.metrics.overlap import (
 )
 from agseg.metrics.table import (
     DEFAULT_METRICS,
+    ID_COLUMNS,
     MetricSummary,
     evaluate_case,
     format_summary,
     read_csv,
+    read_csv_table,
     summarize,
     write_csv,
     write_summary_json,
@@ -47,6 +50,7 @@ from agseg.metrics.table import (
 
 __all__ = [
     "DEFAULT_METRICS",
+    "ID_COLUMNS",
     "MetricSummary",
     "PooledOverlap",
     "accuracy",
@@ -66,6 +70,7 @@ __all__ = [
     "per_class",
     "precision",
     "read_csv",
+    "read_csv_table",
     "recall",
     "sensitivity",
     "specificity",

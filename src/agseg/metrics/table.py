@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,24 @@ from agseg.metrics.overlap import check_pair
 
 __all__ = [
     "DEFAULT_METRICS",
+    "ID_COLUMNS",
     "MetricSummary",
     "evaluate_case",
     "format_summary",
     "read_csv",
+    "read_csv_table",
     "summarize",
     "write_csv",
     "write_summary_json",
 ]
 
-DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity", "hd", "hd95", "assd")
+DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "sensitivity", "specificity", "hd", "hd95", "assd")
+"""The metrics computed when none are named: by :func:`evaluate_case`, ``agseg evaluate`` and the experiment config
+(``sensitivity`` is :func:`~agseg.metrics.recall` under the thesis' name)."""
+
+ID_COLUMNS: tuple[str, ...] = ("model", "repeat", "fold", "case_id", "case", "target", "predicted", "predicted_class")
+"""Columns of a per-case table that identify or describe a case rather than score it (a classifier's target and
+prediction among them): never summarised or compared as metrics."""
 
 
 @dataclass(frozen=True)
@@ -167,17 +175,51 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     return atomic_write_text(path, buf.getvalue())  # a crash never leaves a half-written table
 
 
-def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Read rows written by :func:`write_csv`; numeric strings (including ``nan``/``inf``) become floats."""
+def read_csv_table(path: str | Path, text_columns: Collection[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
+    """The header and rows of a CSV written by :func:`write_csv` (or any per-case table).
+
+    Cells become floats where they parse as one (``nan``, ``inf``, ``-inf`` included), ``None`` where empty, blank
+    or missing (a short row), and stay strings otherwise. Header names are stripped of surrounding spaces and a
+    UTF-8 byte-order mark is skipped.
+
+    Args:
+        path: The CSV file.
+        text_columns: Columns kept as stripped strings whatever they hold (``""`` when empty or missing), so ids
+            such as ``case_id="001"`` or ``"1e5"`` are not turned into numbers.
+
+    Returns:
+        ``(header, rows)``: the column names in file order (``[]`` for an empty file) and one dict per data row
+        keyed by them (cells beyond the header, if any, under the key ``None``).
+    """
+    text = set(text_columns)
     rows: list[dict[str, Any]] = []
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if reader.fieldnames is not None:
+            reader.fieldnames = header
+        for raw in reader:
             row: dict[str, Any] = {}
             for k, v in raw.items():
-                f = _to_float(v)
-                row[k] = None if v == "" else (f if f is not None else v)
+                if k in text:
+                    row[k] = v.strip() if isinstance(v, str) else ""
+                    continue
+                if isinstance(v, str) and not v.strip():
+                    row[k] = None
+                else:
+                    f = _to_float(v)
+                    row[k] = f if f is not None else v
             rows.append(row)
-    return rows
+    return header, rows
+
+
+def read_csv(path: str | Path, text_columns: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Read rows written by :func:`write_csv`; numeric strings (including ``nan``/``inf``) become floats.
+
+    Empty cells become ``None``; ``text_columns`` stay strings (see :func:`read_csv_table`, which also returns
+    the header).
+    """
+    return read_csv_table(path, text_columns)[1]
 
 
 def _json_safe(v: Any) -> Any:
