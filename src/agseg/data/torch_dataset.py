@@ -183,10 +183,7 @@ class _Warm(Dataset):
 
 def case_target(ref: CaseRef) -> int | None:
     """The image-level class of a case (``CaseRef.target``), or None."""
-    target = getattr(ref, "target", None)
-    if target is None:
-        target = ref.meta.get("target")
-    return None if target is None else int(target)
+    return None if ref.target is None else int(ref.target)
 
 
 class ClassificationDataset(SegmentationDataset):

@@ -68,10 +68,12 @@ def case_metrics(
 
 
 class _Pool:
-    """Pooled counts for a binary task (``labels=None``: non-zero is foreground) or one per label."""
+    """Pooled counts for a binary task (``labels=None``: non-zero is foreground) or one per label, keyed by the
+    label's column suffix (its class name) when ``names`` gives one, else by its value."""
 
-    def __init__(self, labels: Sequence[int] | None) -> None:
+    def __init__(self, labels: Sequence[int] | None, names: Mapping[int, str] | None = None) -> None:
         self.labels = None if labels is None else [int(lab) for lab in labels]
+        self.names = dict(names or {})
         self.acc = {lab: PooledOverlap() for lab in (self.labels or [None])}
 
     def add(self, pred: np.ndarray, ref: np.ndarray) -> None:
@@ -84,7 +86,7 @@ class _Pool:
     def result(self) -> dict[str, Any]:
         if self.labels is None:
             return self.acc[None].result()
-        return {str(lab): pooled.result() for lab, pooled in self.acc.items()}
+        return {self.names.get(lab, str(lab)): pooled.result() for lab, pooled in self.acc.items()}
 
 
 def pooled_overlap(
@@ -255,6 +257,7 @@ def evaluate_run(
         )
     jobs: list[tuple[Any, Path, dict[str, Any]]] = []
     labels: list[int] | None = None
+    suffixes: dict[int, str] = {}
     for fdir in folds:
         cfg = load_config(fdir / "config.yaml")
         index = load_dataset(
@@ -269,7 +272,7 @@ def evaluate_run(
             ident = {"model": cfg.name, "repeat": int(row["repeat"]), "fold": int(row["fold"])}
             jobs.append((index.get(str(row["case_id"])), fdir, {**ident, "case_id": str(row["case_id"])}))
     rows: list[dict[str, Any]] = []
-    pool = _Pool(labels)
+    pool = _Pool(labels, suffixes)
     for ref, fdir, row in tqdm(jobs, desc="evaluating", unit="case", leave=False, disable=None if progress else True):
         pp = mask_path_for(ref.image_paths[0], fdir / "predictions")
         if not pp.exists():
