@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agseg.layers import resize_to
-from agseg.nets.base import main_output, min_input_shape_of, spatial_dims_of, unwrap
+from agseg.nets.base import has_attention, main_output, min_input_shape_of, spatial_dims_of, unwrap
 from agseg.runtime import autocast
 
 __all__ = ["batched", "crop_to", "forward_padded", "forward_with_attention_padded", "pad_to_shape"]
@@ -71,7 +71,7 @@ def forward_with_attention_padded(
     x, size = pad_to_shape(x.to(device).float(), min_input_shape_of(model, x.ndim - 2))
     net = unwrap(model)
     with autocast(device, amp_dtype):
-        if callable(getattr(net, "forward_with_attention", None)):
+        if has_attention(net):
             out, maps = net.forward_with_attention(x)
         else:
             out, maps = model(x), {}

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from agseg.config import TrainConfig
-from agseg.nets.base import main_output, spatial_dims_of, unwrap
+from agseg.nets.base import main_output, spatial_dims_of, task_of, unwrap
 from agseg.runtime import (
     amp_dtype,
     autocast,
@@ -211,9 +211,7 @@ class Trainer:
         self.memory_format = memory_format_for(spatial_dims_of(model)) if cfg.channels_last else None
         if self.memory_format is not None:
             self.model = self.model.to(memory_format=self.memory_format)
-        self.task = (
-            get_task(task or getattr(unwrap(model), "task", "segmentation")) if not isinstance(task, Task) else task
-        )
+        self.task = task if isinstance(task, Task) else get_task(task or task_of(model))
         self.loss_fn = loss_fn
         self.train_data, self.val_data = train_data, val_data
         self.optimizer = build_optimizer(self.model, cfg)
