@@ -6,8 +6,12 @@ Verbs live in their own modules (``agseg.cli.models``, ``agseg.cli.data``, ...) 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from agseg import __version__
 from agseg.cli import compare as compare_cli
@@ -17,7 +21,73 @@ from agseg.cli import evaluate as evaluate_cli
 from agseg.cli import experiments as experiments_cli
 from agseg.cli import models as models_cli
 
+#: exit codes, documented in docs/experiments.md
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _debug() -> bool:
+    return os.environ.get("AGSEG_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
+
+
+_PASS_THROUGH = (
+    typer.Exit,
+    typer.Abort,
+    click.exceptions.Exit,
+    click.exceptions.Abort,
+    click.ClickException,
+    SystemExit,
+)
+
+
+class _Group(TyperGroup):
+    """Every command runs inside one handler: a library error becomes one line ``error: ...`` naming the file or key
+    (exit 1; 2 for a usage or config error), an interruption exits 130, and only ``--debug`` (or ``AGSEG_DEBUG=1``)
+    shows a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (
+            typer.Exit,
+            typer.Abort,
+            click.exceptions.Exit,
+            click.exceptions.Abort,
+            click.ClickException,
+            SystemExit,
+        ):
+            raise
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished work is kept (a run resumes with --resume)", fg="yellow", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as err:
+            if _debug() or ctx.meta.get("agseg_debug"):
+                raise
+            typer.secho(f"error: {describe_error(err)}", fg="red", err=True)
+            raise typer.Exit(EXIT_USAGE if _is_config_error(err) else EXIT_ERROR) from None
+
+
+def _is_config_error(err: Exception) -> bool:
+    from agseg.config import ConfigError
+
+    return isinstance(err, ConfigError)
+
+
+def describe_error(err: Exception) -> str:
+    """One line for ``err``: the message of agseg's own errors (which name the file or key), the type and message of
+    anything else with a pointer to ``--debug``."""
+    from agseg.config import ConfigError
+    from agseg.data.errors import DataError
+    from agseg.runtime import DeviceError
+
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    msg = " ".join(str(msg).split()) or type(err).__name__
+    if isinstance(err, DataError | ConfigError | DeviceError | FileNotFoundError | KeyError | ValueError):
+        return msg
+    return f"{msg} ({type(err).__name__}; run with --debug for the traceback)"
+
+
 app = typer.Typer(
+    cls=_Group,
     name="agseg",
     help="Attention-gated networks for medical image segmentation: models, data, training, evaluation.",
     no_args_is_help=True,
@@ -34,9 +104,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error instead of one line."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
+    ctx.meta["agseg_debug"] = debug
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -45,8 +45,12 @@ def train(
     fold: int = typer.Option(0, help="Fold of --splits to train on."),
     repeat: int = typer.Option(0, help="Repeat of --splits."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. train.epochs=5."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (it is deleted)."),
 ) -> None:
-    """Train one model on one split; the run directory is the complete record."""
+    """Train one model on one split; the run directory is the complete record.
+
+    An --out folder that holds a run is refused unless --resume continues it (with the same settings; train.epochs
+    may grow) or --overwrite replaces it."""
     cfg = _load(config, set_)
     from agseg.experiments.run import load_index, train_model, train_split
     from agseg.experiments.splits import SplitPlan
@@ -63,7 +67,10 @@ def train(
         classes = [int(c) for c in init_classes.split(",")] if init_classes else None
         console.print(f"training [bold]{cfg.model.name}[/bold] on {len(train_cases)} cases "
                       f"(validation {len(val_cases)}) -> {run_dir}")  # fmt: skip
-        run = train_model(cfg, run_dir, train_cases, val_cases, resume, init_from, classes, evaluate_val=True)
+        run = train_model(
+            cfg, run_dir, train_cases, val_cases, resume, init_from, classes, evaluate_val=True, index=index,
+            overwrite=overwrite,
+        )  # fmt: skip
     except _known_errors() as err:
         fail(_msg(err))
     r = run.result
@@ -89,8 +96,12 @@ def cv(
     repeat: list[int] | None = typer.Option(None, "--repeat", help="Run only this repeat (repeatable)."),
     splits: Path | None = typer.Option(None, help="Reuse this splits.json (paired comparisons across models)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. train.epochs=5."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier CV in --out (it is deleted)."),
 ) -> None:
-    """k-fold (x repeats) cross-validation: train, predict the test fold, per-case metrics, summary."""
+    """k-fold (x repeats) cross-validation: train, predict the test fold, per-case metrics, summary.
+
+    Running it again on the same --out resumes: finished folds are kept, an interrupted fold continues. A CV made
+    with other settings is refused unless --overwrite replaces it."""
     extra = list(set_ or [])
     if folds is not None:
         extra.append(f"cv.folds={folds}")
@@ -101,7 +112,7 @@ def cv(
 
     out_dir = out or Path("runs") / f"{cfg.name}_cv"
     try:
-        res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits)
+        res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits, overwrite=overwrite)
     except _known_errors() as err:
         fail(_msg(err))
     table = Table(title=f"{cfg.name}: {res.folds_done}/{res.folds_total} folds, {len(res.rows)} test cases")
@@ -127,10 +138,15 @@ def predict(
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
     attention: bool = typer.Option(False, "--attention", help="Also write attention maps and an overlay figure."),
     overlap: float = typer.Option(0.5, help="Sliding-window overlap for inputs larger than the training patch."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("auto", help="auto (bf16 where it helps), bf16 or off."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist already."),
 ) -> None:
-    """Predict masks written in each input's format, size and geometry (spacing, origin, direction)."""
+    """Predict masks written in each input's format, size and geometry (spacing, origin, direction).
+
+    Inputs are image files, folders of images in any supported format, DICOM series folders, and multi-channel
+    cases (nnU-Net CASE_0000/CASE_0001 files; case folders with the training's channel files). Existing files in
+    --out are never replaced unless --overwrite is given; all outputs are checked before any work starts."""
     from agseg.inference.predictor import Predictor
 
     sources = [s for s in (run, checkpoint, model) if s is not None]
@@ -144,7 +160,7 @@ def predict(
         else:
             source = sources[0]
         predictor = Predictor.from_path(source, device=device, amp=amp, overlap=overlap)
-        results = predictor.predict_paths(inputs, out, probs=probs, attention=attention)
+        results = predictor.predict_paths(inputs, out, probs=probs, attention=attention, overwrite=overwrite)
     except _known_errors() as err:
         fail(_msg(err))
     masks = [r["mask"] for r in results if "mask" in r]

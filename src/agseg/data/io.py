@@ -437,8 +437,8 @@ def _write_dicom_series(folder: Path, img: sitk.Image) -> None:
     if img.GetDimension() == 2:
         img = sitk.JoinSeries(img)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.dcm"):
-        old.unlink()
+    if any(folder.iterdir()):
+        raise DataError(folder, "is not empty: a DICOM series is written into a new (or empty) folder only")
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
     uid_root = "1.2.826.0.1.3680043.8.498." + date + time.replace(".", "")

@@ -191,6 +191,70 @@ def _resolve_model(
     return cfg.model.name, kwargs
 
 
+#: config keys that may differ between a run and its resumption (how, not what, is computed)
+RUNTIME_KEYS = ("train.threads", "train.device", "data.num_workers", "data.cache_dir")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_changes(old: ExperimentConfig, new: ExperimentConfig, allowed: Sequence[str] = RUNTIME_KEYS) -> list[str]:
+    """``"key: old -> new"`` for every setting that differs between two configs, except ``allowed`` ones."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in allowed or any(key.startswith(f"{p}.") for p in allowed):
+            continue
+        if a.get(key) != b.get(key):
+            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def check_run_dir(
+    run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, allowed: Sequence[str] = RUNTIME_KEYS
+) -> None:
+    """Refuse to write into ``run_dir`` unless it is new or empty, it is this run being resumed with the same
+    settings, or ``overwrite`` (which removes the old agseg run first). Called before anything is written.
+
+    Raises:
+        DataError: a folder holding something that is not an agseg run, or a run without ``resume``/``overwrite``.
+        ConfigError: ``resume`` with settings that differ from the run's (each difference listed).
+    """
+    from agseg.config import load_config
+
+    if not run_dir.exists() or not any(not p.name.startswith(".") for p in run_dir.iterdir()):
+        return  # new, empty, or holding only hidden entries (the preprocessing cache)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise DataError(run_dir, "is not empty and holds no agseg run: choose a new or empty --out folder")
+    if overwrite:
+        import shutil
+
+        log.warning("--overwrite: removing the earlier run in %s", run_dir)
+        shutil.rmtree(run_dir)
+        return
+    if not resume:
+        raise DataError(
+            run_dir, "holds a run already: pass --resume to continue it, --overwrite to replace it, or another --out"
+        )
+    try:
+        before = load_config(stored)
+    except ConfigError as err:
+        raise DataError(stored, f"cannot be read to resume the run: {err}") from None
+    changes = config_changes(before, cfg, allowed)
+    if changes:
+        raise ConfigError(
+            f"--resume {run_dir}: the run was made with other settings ({'; '.join(changes)}); resume with its own "
+            "config, or start a new run (another --out, or --overwrite)"
+        )
+
+
 @dataclass
 class TrainRun:
     """A trained model and where its record is."""
@@ -213,6 +277,8 @@ def train_model(
     label_set: LabelSet | None = None,
     index: DatasetIndex | None = None,
     callbacks: Sequence[Any] | None = None,
+    overwrite: bool = False,
+    extra_allowed: Sequence[str] = ("train.epochs",),
 ) -> TrainRun:
     """Train ``cfg.model`` on ``train_cases`` (validating on ``val_cases``) into ``run_dir``.
 
@@ -230,6 +296,8 @@ def train_model(
             and validation cases (:func:`experiment_label_set`).
         index: the dataset index the cases come from (for the label set it declares).
         callbacks: trainer callbacks; None: the defaults (progress, log.csv, TensorBoard, checkpoints, ...).
+        overwrite: replace an earlier run in ``run_dir`` (without it, a folder holding a run is refused unless
+            ``resume`` continues it with the same settings; ``train.epochs`` may grow).
 
     Raises:
         ConfigError: a config problem (checked before anything is written).
@@ -238,6 +306,7 @@ def train_model(
     cfg = _validated(cfg)
     task = get_task(cfg.task)
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed))
     set_threads(cfg.train.threads)
     cache = _cache(cfg, run_dir)
     if label_set is None:
@@ -372,7 +441,7 @@ def evaluate_cases(
         if pred_dir is not None:
             _safe_write(
                 ref.image_paths[0], mask_path_for(ref.image_paths[0], pred_dir), pred.label, pred.geometry, True,
-                binary=ls.binary,
+                binary=ls.binary, overwrite=True,  # the fold's own predictions (a rerun of an unfinished fold)
             )  # fmt: skip
     return rows
 
@@ -401,6 +470,7 @@ def run_cv(
     repeats: Sequence[int] | None = None,
     splits: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> CVResult:
     """k-fold (x repeats) cross-validation of ``cfg``: per fold train, predict the test fold, per-case metrics.
 
@@ -412,6 +482,7 @@ def run_cv(
     t0 = time.perf_counter()
     cfg = _validated(cfg)
     out = Path(out_dir)
+    check_run_dir(out, cfg, resume=True, overwrite=overwrite)  # a CV folder resumes, with the same settings only
     index = load_index(cfg)
     label_set, counts = experiment_label_set(cfg, list(index), _cache(cfg, out / "fold"), index)
     out.mkdir(parents=True, exist_ok=True)
@@ -444,7 +515,7 @@ def run_cv(
                  len(fold.test))  # fmt: skip
         run = train_model(
             cfg, fdir, [by_id[c] for c in fold.train], [by_id[c] for c in fold.val], resume=True,
-            label_set=label_set, index=index,
+            label_set=label_set, index=index, extra_allowed=(),
         )  # fmt: skip
         predictor = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp)
         pred_dir = fdir / "predictions" if cfg.eval.save_predictions else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,16 +18,17 @@ import torch
 from tqdm.auto import tqdm
 
 from agseg.data.errors import DataError
-from agseg.data.io import Geometry, data_files, detect_format, mask_path_for, read_image, split_ext, write_image
+from agseg.data.io import Geometry, split_ext, write_image
 from agseg.data.preprocess import invert
 from agseg.fileio import atomic_path
 from agseg.inference.bundle import ModelBundle, load_bundle
+from agseg.inference.inputs import PredictInput, collect_inputs
 from agseg.inference.sliding import predict_logits, predict_with_attention
 from agseg.nets.base import has_attention
 from agseg.runtime import amp_dtype, flush_denormal, resolve_device
 from agseg.tasks import logits_to_probs, probs_to_indices
 
-__all__ = ["Prediction", "Predictor", "collect_inputs"]
+__all__ = ["PredictInput", "Prediction", "Predictor", "collect_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +50,6 @@ class Prediction:
     probs: np.ndarray
     geometry: Geometry
     attention: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into their image files (a folder of DICOM slices counts as one input).
-
-    Raises:
-        DataError: an input that does not exist or a folder without images.
-    """
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise DataError(p, "input not found")
-        if p.is_dir():
-            try:
-                if detect_format(p) == "dicom":
-                    out.append(p)
-                    continue
-            except DataError:
-                pass
-            files = data_files(p)
-            if not files:
-                raise DataError(p, "folder holds no image files")
-            out.extend(files)
-        else:
-            out.append(p)
-    return out
 
 
 class Predictor:
@@ -138,53 +112,89 @@ class Predictor:
 
     def predict_file(
         self,
-        path: str | Path,
+        path: str | Path | PredictInput,
         out_dir: str | Path,
         probs: bool = False,
         attention: bool = False,
         suffix: str = "",
+        overwrite: bool = False,
     ) -> dict[str, Path]:
-        """Predict one file (or DICOM folder) and write the mask (and optional maps) into ``out_dir``.
+        """Predict one case (a file, a DICOM folder, or a :class:`PredictInput` of channel files) and write the mask
+        (and optional maps) into ``out_dir``.
 
         The mask has the input's name, format, size, spacing, origin and direction (JPEG inputs get PNG masks).
         Probability maps go to ``<name>_prob<ext>`` (PNG: scaled to 0..255), attention maps to
         ``<name>_att_<gate><ext>`` plus an overlay figure ``<name>_attention.png``.
 
         Raises:
-            DataError: unreadable input, or an output path that would overwrite the input.
+            DataError: unreadable or non-finite input, an image the model cannot take (channels, dimensions), an
+                output that exists (without ``overwrite``) or would overwrite the input; the message names the file.
         """
-        return self._predict_and_write(path, out_dir, probs, attention, suffix)[0]
+        case = path if isinstance(path, PredictInput) else collect_inputs([path], self.in_channels, self.patterns)[0]
+        return self._predict_and_write(case, out_dir, probs, attention, suffix, overwrite)[0]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.bundle.model_kwargs.get("in_channels") or 1)
+
+    @property
+    def patterns(self) -> list[str] | None:
+        """Channel file patterns of case folders, from the training layout (``data.options.channels``)."""
+        return self.bundle.info.get("channel_patterns")
+
+    def outputs(self, case: PredictInput, out_dir: str | Path, probs: bool, attention: bool, suffix: str) -> list[Path]:
+        """The files :meth:`predict_file` writes for ``case`` (attention maps per gate aside)."""
+        mask = case.output(out_dir, suffix)
+        stem, ext = split_ext(mask)
+        out = [] if self.task == "classification" else [mask]
+        if probs and self.task != "classification":
+            out.append(mask.with_name(f"{stem}_prob{ext}"))
+        if attention:
+            out.append(mask.with_name(f"{stem}_attention.png"))
+        return out
+
+    def _load(self, case: PredictInput) -> tuple[np.ndarray, Geometry]:
+        from agseg.data.cases import CaseRef
+
+        loaded = CaseRef(case.name, case.paths).load(with_mask=False)  # checks channels' geometry, NaN/Inf voxels
+        return loaded.image, loaded.geometry
 
     def _predict_and_write(
-        self, path: str | Path, out_dir: str | Path, probs: bool = False, attention: bool = False, suffix: str = ""
-    ) -> tuple[dict[str, Path], Prediction]:
-        path = Path(path)
-        image, geometry = read_image(path)
-        pred = self.predict_array(image.astype(np.float32), geometry, attention=attention)
-        return self._write(path, image, pred, out_dir, probs, attention, suffix), pred
+        self, case: PredictInput, out_dir: str | Path, probs: bool = False, attention: bool = False, suffix: str = "",
+        overwrite: bool = False,
+    ) -> tuple[dict[str, Path], Prediction]:  # fmt: skip
+        image, geometry = self._load(case)
+        try:
+            pred = self.predict_array(image.astype(np.float32), geometry, attention=attention)
+        except ValueError as err:
+            raise DataError(case.source, str(err)) from None
+        return self._write(case, image, pred, out_dir, probs, attention, suffix, overwrite), pred
 
     def _write(
-        self, path: Path, image: np.ndarray, pred: Prediction, out_dir: str | Path, probs: bool, attention: bool,
-        suffix: str,
+        self, case: PredictInput, image: np.ndarray, pred: Prediction, out_dir: str | Path, probs: bool,
+        attention: bool, suffix: str, overwrite: bool,
     ) -> dict[str, Path]:  # fmt: skip
         written: dict[str, Path] = {}
-        mask_path = mask_path_for(path, out_dir, suffix)
+        path = case.source
+        mask_path = case.output(out_dir, suffix)
         if self.task == "classification":
-            return self._write_attention(path, image, pred, mask_path, written) if attention else written
+            return self._write_attention(case, image, pred, mask_path, written, overwrite) if attention else written
         written["mask"] = _safe_write(
-            path, mask_path, pred.label, pred.geometry, mask=True, binary=self.label_set.binary
+            path, mask_path, pred.label, pred.geometry, mask=True, binary=self.label_set.binary, overwrite=overwrite
         )
         stem, ext = split_ext(mask_path)
         raster = pred.geometry.format in ("png", "jpg", "tiff", "bmp")
         if probs:
             fg = pred.probs[0] if pred.probs.shape[0] == 1 else pred.probs[1:].sum(0)
             arr = np.round(fg * 255).astype(np.uint8) if raster else fg.astype(np.float32)
-            written["probs"] = _safe_write(path, mask_path.with_name(f"{stem}_prob{ext}"), arr, pred.geometry)
-        return self._write_attention(path, image, pred, mask_path, written) if attention else written
+            target = mask_path.with_name(f"{stem}_prob{ext}")
+            written["probs"] = _safe_write(path, target, arr, pred.geometry, overwrite=overwrite)
+        return self._write_attention(case, image, pred, mask_path, written, overwrite) if attention else written
 
     def _write_attention(
-        self, path: Path, image: np.ndarray, pred: Prediction, mask_path: Path, written: dict[str, Path]
-    ) -> dict[str, Path]:
+        self, case: PredictInput, image: np.ndarray, pred: Prediction, mask_path: Path, written: dict[str, Path],
+        overwrite: bool,
+    ) -> dict[str, Path]:  # fmt: skip
         """Attention maps (``<name>_att_<gate><ext>``) and an overlay figure (``<name>_attention.png``)."""
         stem, ext = split_ext(mask_path)
         raster = pred.geometry.format in ("png", "jpg", "tiff", "bmp")
@@ -195,25 +205,56 @@ class Predictor:
                 m = a.mean(0)
                 arr = np.round(m * 255).astype(np.uint8) if raster else m.astype(np.float32)
                 target = mask_path.with_name(f"{stem}_att_{name}{ext}")
-                written[f"attention_{name}"] = _safe_write(path, target, arr, pred.geometry)
+                written[f"attention_{name}"] = _safe_write(case.source, target, arr, pred.geometry, overwrite=overwrite)
+            figure = mask_path.with_name(f"{stem}_attention.png")
+            _check_target(case.source, figure, overwrite)
             written["attention_figure"] = plot_attention(
-                image, pred.attention, mask_path.with_name(f"{stem}_attention.png"),
-                prediction=pred.label if pred.label.ndim else None, title=f"{path.name}: {self.bundle.model_name}",
+                image, pred.attention, figure, prediction=pred.label if pred.label.ndim else None,
+                title=f"{case.name}: {self.bundle.model_name}",
             )  # fmt: skip
         return written
 
+    def plan(
+        self, inputs: Sequence[str | Path], out_dir: str | Path, probs: bool = False, attention: bool = False,
+        suffix: str = "", overwrite: bool = False,
+    ) -> list[PredictInput]:  # fmt: skip
+        """The cases of ``inputs``, after checking every output they would write, before any work.
+
+        Raises:
+            DataError: an output that exists (without ``overwrite``), would overwrite an input, two cases writing one
+                output, or ``out_dir`` being a dataset's mask folder beside the inputs.
+        """
+        cases = collect_inputs(inputs, self.in_channels, self.patterns)
+        out = Path(out_dir)
+        _check_not_mask_folder(out, cases)
+        targets: dict[Path, PredictInput] = {}
+        for case in cases:
+            for t in self.outputs(case, out, probs, attention, suffix):
+                key = t.resolve()
+                if key in targets:
+                    raise DataError(
+                        case.source, f"writes {t} as {targets[key].source} does; use separate --out folders"
+                    )
+                targets[key] = case
+                _check_target(case.source, t, overwrite, cases)
+        if self.task == "classification":
+            _check_target(cases[0].source, out / "predictions.csv", overwrite, cases)
+        return cases
+
     def predict_paths(
-        self, inputs: Sequence[str | Path], out_dir: str | Path, progress: bool = True, **kw
+        self, inputs: Sequence[str | Path], out_dir: str | Path, progress: bool = True, overwrite: bool = False, **kw
     ) -> list[dict[str, Path]]:
-        """:meth:`predict_file` for every input (folders expanded), with a progress bar."""
-        files = collect_inputs(inputs)
+        """:meth:`predict_file` for every case of ``inputs`` (folders expanded; outputs checked first, see
+        :meth:`plan`), with a progress bar."""
+        cases = self.plan(inputs, out_dir, overwrite=overwrite, **kw)
         results = []
         rows = []
-        for p in tqdm(files, desc="predicting", unit="image", disable=None if progress and len(files) > 1 else True):
-            written, pred = self._predict_and_write(p, out_dir, **kw)
+        bar = tqdm(cases, desc="predicting", unit="case", disable=None if progress and len(cases) > 1 else True)
+        for case in bar:
+            written, pred = self._predict_and_write(case, out_dir, overwrite=overwrite, **kw)
             results.append(written)
             if self.task == "classification":
-                rows.append(self.classification_row(split_ext(p)[0], pred))
+                rows.append(self.classification_row(case.name, pred))
         if rows:
             from agseg.metrics import write_csv
 
@@ -234,16 +275,45 @@ class Predictor:
         return row
 
 
+def _check_target(source: Path, target: Path, overwrite: bool, inputs: Sequence[PredictInput] = ()) -> None:
+    """Refuse an output that is an input (or inside an input DICOM folder), or that exists without ``overwrite``."""
+    t = target.resolve()
+    for src in [source, *(p for c in inputs for p in c.paths)]:
+        s = Path(src).resolve()
+        if t == s or (s.is_dir() and s in t.parents):
+            raise DataError(target, f"output would overwrite the input {src}; choose another --out folder")
+    if target.exists() and not overwrite:
+        raise DataError(
+            target, "exists already: not overwritten (pass --overwrite to replace it, or choose another --out)"
+        )
+
+
+def _check_not_mask_folder(out: Path, cases: Sequence[PredictInput]) -> None:
+    """Refuse ``--out`` being the mask/label folder of the dataset the inputs come from (``images/`` beside
+    ``masks/``): predictions there would sit among, or replace, the ground truth."""
+    from agseg.data.layouts.folders import MASK_DIR_NAMES
+
+    names = {n.lower() for n in MASK_DIR_NAMES} | {"labelstr", "labelsts"}
+    o = out.resolve()
+    if o.name.lower() not in names or not o.is_dir():
+        return
+    for c in cases:
+        images = Path(c.source).resolve().parent
+        if images.parent == o.parent:
+            raise DataError(out, f"is the mask folder beside the input folder {images}; write predictions elsewhere")
+
+
 def _safe_write(
-    source: Path, target: Path, array: np.ndarray, geometry: Geometry, mask: bool = False, binary: bool | None = None
-) -> Path:
-    """Write through a temporary name and ``os.replace``; refuse to write over the input. ``mask``/``binary`` as
-    :func:`~agseg.data.io.write_image` (the label set decides the encoding, never the pixels)."""
-    if target.resolve() == source.resolve():
-        raise DataError(target, "output would overwrite the input; choose another --out folder")
+    source: Path, target: Path, array: np.ndarray, geometry: Geometry, mask: bool = False, binary: bool | None = None,
+    overwrite: bool = False,
+) -> Path:  # fmt: skip
+    """Write through a temporary name and ``os.replace``; refuse to write over the input, or over an existing file
+    unless ``overwrite``. ``mask``/``binary`` as :func:`~agseg.data.io.write_image` (the label set decides the
+    encoding, never the pixels). A DICOM series goes to a new folder, moved into place when complete."""
+    _check_target(source, target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix == "" and geometry.format == "dicom":  # a DICOM series folder
-        return write_image(target, array, geometry, mask=mask, binary=binary)
+        return _write_dicom_folder(target, array, geometry, mask, binary)
     ext = split_ext(target)[1]
     if ext.lower() == ".mhd":  # header + .raw pair: written under a temporary name, then both moved
         tmp = target.with_name(f".{split_ext(target)[0]}.{os.getpid()}.tmp.mhd")
@@ -276,3 +346,24 @@ def _move_mhd(tmp_header: Path, final: Path) -> None:
     tmp.write_text(text, encoding="latin-1")
     os.replace(tmp, final)
     tmp_header.unlink(missing_ok=True)
+
+
+def _write_dicom_folder(target: Path, array: np.ndarray, geometry: Geometry, mask: bool, binary: bool | None) -> Path:
+    """A DICOM series written into a new temporary folder, then moved into place (an existing folder is replaced
+    only after the new series is complete; nothing else in it is touched before)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_image(tmp, array, geometry, mask=mask, binary=binary)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old.{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
