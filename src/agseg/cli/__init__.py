@@ -83,6 +83,8 @@ def describe_error(err: Exception) -> str:
     msg = " ".join(str(msg).split()) or type(err).__name__
     if isinstance(err, DataError | ConfigError | DeviceError | FileNotFoundError | KeyError | ValueError):
         return msg
+    if isinstance(err, FloatingPointError):
+        return msg
     return f"{msg} ({type(err).__name__}; run with --debug for the traceback)"
 
 

@@ -77,3 +77,11 @@ def evaluate(
         )
     console.print(ptable)
     console.print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
+    if result.missing:
+        typer.secho(
+            f"error: {len(result.missing)} reference(s) have no prediction (counted as missing), e.g. "
+            f"{result.missing[0]}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(3)

@@ -91,6 +91,15 @@ def inspect_dataset(
         warnings.append("intensity ranges differ widely between cases (consider per-case normalisation)")
     if empty:
         warnings.append(f"{empty} mask(s) contain only background")
+    values = sorted(lab_counts)
+    if values and (gaps := sorted(set(range(values[-1] + 1)) - set(values))):
+        lone = [v for v in values if v and lab_cases[v] <= max(1, n_lab // 20)]
+        where = ", ".join(f"{v} in {lab_cases[v]} case(s)" for v in values if v)
+        warnings.append(
+            f"label values {values} have gaps (no {_ranges(gaps)}; {where})"
+            + (f": {lone} look like stray values" if lone else "")
+            + "; declare data.labels or map values with label_map, otherwise every value found is a class"
+        )
     if n_ok and n_lab < n_ok:
         warnings.append(f"{n_ok - n_lab} case(s) have no mask")
     if index.labels is not None and n_lab:
@@ -139,3 +148,17 @@ def inspect_dataset(
         "problems": problems,
         "warnings": warnings,
     }
+
+
+def _ranges(values: list[int]) -> str:
+    """``[2, 3, 4, 6]`` -> ``"2-4, 6"``."""
+    out, start, prev = [], None, None
+    for v in [*values, None]:  # type: ignore[list-item]
+        if start is None:
+            start = prev = v
+        elif v is not None and v == prev + 1:
+            prev = v
+        else:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = prev = v
+    return ", ".join(out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,12 @@ def case_metrics(
     mean over labels under the plain metric name (NaN when any label's value is NaN; inf when any is inf).
 
     ``suffixes`` names the per-label columns (``{1: "anterior"}`` -> ``dice_anterior``; the label set's
-    :meth:`~agseg.data.label_set.LabelSet.column_suffixes`); by default the value (``dice_1``)."""
+    :meth:`~agseg.data.label_set.LabelSet.column_suffixes`); by default the value (``dice_1``).
+
+    The mean over labels leaves out labels absent from both masks: their per-label value is the empty-mask
+    convention (Dice 1.0), which says nothing about this case and would inflate the mean (a stray label value that
+    no case holds scored 1.0 and hid a foreground Dice of 0). When no label is present in either mask the mean is
+    that convention value."""
     for m in metrics:
         get_metric(m)  # unknown names fail here, listing the valid ones
     if labels is None:
@@ -62,8 +67,10 @@ def case_metrics(
     for lab in labels:
         for m in metrics:
             row[f"{m}_{names[int(lab)]}"] = raw[f"{m}_{int(lab)}"]
+    present = [int(lab) for lab in labels if np.any(pred == lab) or np.any(ref == lab)]
+    used = present or [int(lab) for lab in labels]
     for m in metrics:
-        row[m] = float(np.mean([raw[f"{m}_{int(lab)}"] for lab in labels]))
+        row[m] = float(np.mean([raw[f"{m}_{lab}"] for lab in used]))
     return row
 
 
@@ -117,11 +124,13 @@ class Evaluation:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     pooled: dict[str, Any]
+    missing: list[str] = field(default_factory=list)
 
 
 def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "") -> list[tuple[str, Path, Path]]:
     """Match prediction and reference files by name (format-agnostic: ``a.png`` pairs with ``a.png``;
-    ``ct_pred.nii.gz`` with ``ct.nii.gz`` when ``pred_suffix="_pred"``).
+    ``ct_pred.nii.gz`` with ``ct.nii.gz`` when ``pred_suffix="_pred"``). References without a prediction are
+    listed by :func:`unpaired` (and counted as missing by :func:`evaluate_folders`).
 
     Raises:
         DataError: a folder is missing or no file pairs up (the message names the folders).
@@ -140,11 +149,17 @@ def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "")
     common = sorted(set(refs) & set(preds))
     if not common:
         raise DataError(pred_dir, f"no prediction file matches a reference in {ref_dir} by name")
-    for name in sorted(set(refs) - set(preds)):
-        log.warning("no prediction for reference %s", refs[name])
-    for name in sorted(set(preds) - set(refs)):
-        log.warning("no reference for prediction %s", preds[name])
     return [(name, preds[name], refs[name]) for name in common]
+
+
+def unpaired(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "") -> tuple[list[Path], list[Path]]:
+    """``(references without a prediction, predictions without a reference)``, matched as :func:`pair_masks`."""
+    refs = {split_ext(p)[0]: p for p in data_files(ref_dir)}
+    preds = {}
+    for p in data_files(pred_dir):
+        stem = split_ext(p)[0]
+        preds[stem[: -len(pred_suffix)] if pred_suffix and stem.endswith(pred_suffix) else stem] = p
+    return [refs[n] for n in sorted(set(refs) - set(preds))], [preds[n] for n in sorted(set(preds) - set(refs))]
 
 
 def evaluate_folders(
@@ -170,12 +185,19 @@ def evaluate_folders(
         pred_suffix: suffix of prediction names to ignore when pairing.
 
     Returns:
-        The :class:`Evaluation` (rows, summary, pooled).
+        The :class:`Evaluation` (rows, summary, pooled). A reference without a prediction gets a row with
+        ``status: missing`` and no metric, so every metric counts it as missing (``n_missing``) instead of dropping
+        it; :attr:`Evaluation.missing` lists them.
 
     Raises:
-        DataError: a pair whose shapes differ (both files named), unreadable files, or no pairs.
+        DataError: a pair whose shapes or geometry differ (both files named), unreadable files, or no pairs.
     """
     pairs = pair_masks(pred_dir, ref_dir, pred_suffix)
+    missing, extra = unpaired(pred_dir, ref_dir, pred_suffix)
+    for p in missing:
+        log.warning("no prediction for reference %s: counted as missing", p)
+    for p in extra:
+        log.warning("no reference for prediction %s: not evaluated", p)
     loaded = []
     values: set[int] = set()
     for case_id, pp, rp in pairs:
@@ -190,14 +212,22 @@ def evaluate_folders(
     rows: list[dict[str, Any]] = []
     pool = _Pool(labels)  # type: ignore[arg-type]
     for case_id, pp, rp, ref, geom in tqdm(loaded, desc="evaluating", leave=False, disable=None):
-        pred, _ = read_mask(pp)
+        pred, pgeom = read_mask(pp)
         if pred.shape != ref.shape:
             raise DataError(pp, f"prediction shape {pred.shape} differs from reference {rp} shape {ref.shape}")
+        if reason := geom.mismatch(pgeom, 1e-3):
+            raise DataError(pp, f"prediction is not on the reference's grid ({rp}): {reason}")
         row = {"case_id": case_id}
         row.update(case_metrics(pred, ref, geom.array_spacing, metrics, labels))  # type: ignore[arg-type]
         rows.append(row)
         pool.add(pred, ref)
-    return _finish(rows, pool.result(), out_dir, pred_dir=str(pred_dir), ref_dir=str(ref_dir))
+    rows += [{"case_id": split_ext(p)[0], "status": "missing"} for p in missing]
+    result = _finish(
+        rows, pool.result(), out_dir, pred_dir=str(pred_dir), ref_dir=str(ref_dir),
+        missing_predictions=[str(p) for p in missing], predictions_without_reference=[str(p) for p in extra],
+    )  # fmt: skip
+    result.missing = [str(p) for p in missing]
+    return result
 
 
 def _finish(rows: list[dict[str, Any]], pooled: dict[str, Any], out_dir: str | Path | None, **extra: Any) -> Evaluation:

@@ -361,7 +361,8 @@ def train_model(
         patch_size=patch,
         class_names={str(v): n for v, n in label_set.to_dict().items()},
         info={"experiment": cfg.name, "data": cfg.data.path, "n_train": len(train_cases), "n_val": len(val_cases),
-              "loss": loss_name, "labels_source": label_set.source},
+              "loss": loss_name, "labels_source": label_set.source,
+              **_channel_patterns(cfg, train_cases)},
         task=task.name,
     )  # fmt: skip
     trainer = Trainer(
@@ -392,6 +393,20 @@ def train_model(
         write_summary_json(summarize(rows), run_dir / "summary.json", name=cfg.name, cases="validation",
                            epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds)  # fmt: skip
     return TrainRun(run_dir, trainer.model, bundle, result)
+
+
+def _channel_patterns(cfg: ExperimentConfig, cases: Sequence[CaseRef]) -> dict[str, list[str]]:
+    """How prediction finds a case's channel files in a case folder: the layout's ``channels`` patterns, or the
+    channel file names every training case shares (BRATS ``Flair_...``, ``T1c_...``); nothing for one channel or
+    per-case names (nnU-Net ``CASE_0000`` files are grouped by their suffix)."""
+    from agseg.data.io import split_ext
+
+    if cfg.data.options.channels:
+        return {"channel_patterns": list(cfg.data.options.channels)}
+    stems = {tuple(split_ext(p)[0] for p in c.image_paths) for c in cases}
+    if len(stems) == 1 and len(next(iter(stems))) > 1:
+        return {"channel_patterns": list(next(iter(stems)))}
+    return {}
 
 
 def _checked_counts(

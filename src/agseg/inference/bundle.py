@@ -102,8 +102,8 @@ def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple
             if (folder / BUNDLE_JSON).is_file():
                 try:
                     bundle = ModelBundle.from_dict(json.loads((folder / BUNDLE_JSON).read_text(encoding="utf-8")))
-                except (ValueError, TypeError) as err:
-                    raise ValueError(f"{folder / BUNDLE_JSON}: {err}") from None
+                except (ValueError, TypeError, AttributeError) as err:  # bad JSON, wrong types, missing keys
+                    raise ValueError(f"{folder / BUNDLE_JSON}: not a valid agseg model description ({err})") from None
                 state = load_state_dict_file(folder / BUNDLE_WEIGHTS)
                 break
         else:
@@ -113,11 +113,23 @@ def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple
         bundle_dict = (ckpt.get("config") or {}).get("bundle")
         if not bundle_dict:
             raise ValueError(f"{src}: checkpoint has no model description (config.bundle)")
-        bundle = ModelBundle.from_dict(bundle_dict)
-        state = ckpt["model"]
+        try:
+            bundle = ModelBundle.from_dict(bundle_dict)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"{src}: not a valid agseg model description ({err})") from None
+        state = ckpt.get("model")
+        if not isinstance(state, dict):
+            raise ValueError(f"{src}: checkpoint holds no model weights")
     else:
         raise FileNotFoundError(f"model not found: {src}")
-    model = bundle.build()
+    where = src / BUNDLE_JSON if src.is_dir() else src
+    try:
+        bundle.label_set  # noqa: B018  (labels and class names must make a label set)
+        bundle.preprocessor()
+        model = bundle.build()
+    except (ValueError, TypeError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ValueError(f"{where}: the model description cannot be used: {msg}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -85,8 +85,17 @@ class Predictor:
     def predict_array(self, image: np.ndarray, geometry: Geometry, attention: bool = False) -> Prediction:
         """Predict for ``image`` ``(C, *spatial)`` with its ``geometry``; see :class:`Prediction`."""
         expected = self.bundle.model_kwargs.get("in_channels")
+        dims = self.bundle.model_kwargs.get("spatial_dims")
+        if dims is not None and image.ndim - 1 != dims:
+            raise ValueError(
+                f"a {image.ndim - 1}D image (shape {tuple(image.shape[1:])}) for a {dims}D model "
+                f"({self.bundle.model_name}): give {dims}D inputs"
+            )
         if expected is not None and image.shape[0] != expected:
-            raise ValueError(f"the model expects {expected} channel(s), the image has {image.shape[0]}")
+            raise ValueError(
+                f"the model expects {expected} channel(s), the image has {image.shape[0]}"
+                + (" (an RGB image for a grey-level model?)" if image.shape[0] == 3 and expected == 1 else "")
+            )
         res = self.pre.apply(image, geometry)
         x = torch.from_numpy(np.ascontiguousarray(res.image))
         maps: dict[str, torch.Tensor] = {}

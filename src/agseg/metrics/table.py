@@ -39,7 +39,17 @@ DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "sensitivity", "
 """The metrics computed when none are named: by :func:`evaluate_case`, ``agseg evaluate`` and the experiment config
 (``sensitivity`` is :func:`~agseg.metrics.recall` under the thesis' name)."""
 
-ID_COLUMNS: tuple[str, ...] = ("model", "repeat", "fold", "case_id", "case", "target", "predicted", "predicted_class")
+ID_COLUMNS: tuple[str, ...] = (
+    "model",
+    "repeat",
+    "fold",
+    "case_id",
+    "case",
+    "status",
+    "target",
+    "predicted",
+    "predicted_class",
+)
 """Columns of a per-case table that identify or describe a case rather than score it (a classifier's target and
 prediction among them): never summarised or compared as metrics."""
 

@@ -102,6 +102,11 @@ class LoaderFactory(Protocol):
     ) -> Iterable[dict[str, Any]]: ...
 
 
+def _ids(batch: dict[str, Any]) -> str:
+    ids = batch.get("case_id") if isinstance(batch, dict) else None
+    return ", ".join(map(str, ids)) if isinstance(ids, list | tuple) else str(ids or "?")
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -323,11 +328,11 @@ class Trainer:
             x, y = self._to_device(batch)
             with autocast(self.device, self.dtype):
                 out = self.model(x)
-                loss = self.loss_fn(out, y)
+                loss = self._loss(out, y, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: lower train.lr "
-                    "or check the data"
+                    f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1} (cases "
+                    f"{_ids(batch)}): lower train.lr or check those cases; the last checkpoint holds epoch {epoch}"
                 )
             (loss / cfg.grad_accum).backward()
             pending += 1
@@ -341,6 +346,12 @@ class Trainer:
             self._step(epoch, steps)
         self.scheduler.step()
         return {"train_loss": total / max(1, count), f"train_{metric}": score / max(1, count)}
+
+    def _loss(self, out: Any, y: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        try:
+            return self.loss_fn(out, y)
+        except ValueError as err:  # a target the loss cannot take: say which cases
+            raise ValueError(f"{err} (cases {_ids(batch)})") from None
 
     def _step(self, epoch: int, steps: int) -> int:
         self.optimizer.step()
@@ -360,7 +371,12 @@ class Trainer:
             x, y = self._to_device(batch)
             with autocast(self.device, self.dtype):
                 out = self.model(x)
-                loss = self.loss_fn(out, y)
+                loss = self._loss(out, y, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite validation loss ({loss.item()}) on case(s) {_ids(batch)}: the model diverged "
+                    "(lower train.lr) or the case holds bad values"
+                )
             total += loss.item()
             score += self.task.quick_score(main_output(out).float(), y)
             count += 1

@@ -94,8 +94,23 @@ def scan_list(path: Path, o: dict[str, Any]) -> ScanResult:
                 continue
         missing = next((p for p in images + masks if not p.exists()), None)
         if missing is not None:
-            problems.append(DataError(missing, f"listed in {list_file} (row {i}) but not found", cid))
+            hint = ""
+            raw = next((q for q in _raw_paths(get["image"]) + _raw_paths(get["mask"]) if not (base / q).exists()), None)
+            if raw is not None and not Path(raw).is_absolute() and Path(raw).exists():
+                hint = (
+                    f"; paths in a case list are relative to its folder ({base}), and this one exists relative to the "
+                    "current folder instead: write it relative to the list, absolute, or set root"
+                )
+            problems.append(DataError(missing, f"listed in {list_file} (row {i}) but not found{hint}", cid))
             continue
         patient = str(get["patient_id"]) if get["patient_id"] else None
         cases.append(build(cid, images, masks, patient_id=patient, target=target))
     return ScanResult(cases, problems, [], build.labels)
+
+
+def _raw_paths(value: Any) -> list[str]:
+    """The path strings of a list cell as written (before joining them to the list's folder)."""
+    if value in (None, ""):
+        return []
+    items = value if isinstance(value, list) else str(value).split(";")
+    return [str(v).strip() for v in items if str(v).strip()]
