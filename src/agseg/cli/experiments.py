@@ -31,6 +31,13 @@ def _known_errors():
     return (DataError, UnknownLossError, KeyError, ValueError, FileNotFoundError)
 
 
+def _code(err: Exception) -> int:
+    """Exit code 2 for a config problem, 1 for anything else (docs/experiments.md lists the codes)."""
+    from agseg.config import ConfigError
+
+    return 2 if isinstance(err, ConfigError) else 1
+
+
 def _msg(err: Exception) -> str:
     return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
@@ -72,7 +79,7 @@ def train(
             overwrite=overwrite,
         )  # fmt: skip
     except _known_errors() as err:
-        fail(_msg(err))
+        fail(_msg(err), _code(err))
     r = run.result
     console.print(
         f"done: {r.epochs_run} epochs in {r.seconds:.0f} s; best epoch {r.best_epoch} "
@@ -114,7 +121,7 @@ def cv(
     try:
         res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits, overwrite=overwrite)
     except _known_errors() as err:
-        fail(_msg(err))
+        fail(_msg(err), _code(err))
     table = Table(title=f"{cfg.name}: {res.folds_done}/{res.folds_total} folds, {len(res.rows)} test cases")
     for col in ("metric", "mean ± std (cases)", "median", "undefined"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -162,7 +169,7 @@ def predict(
         predictor = Predictor.from_path(source, device=device, amp=amp, overlap=overlap)
         results = predictor.predict_paths(inputs, out, probs=probs, attention=attention, overwrite=overwrite)
     except _known_errors() as err:
-        fail(_msg(err))
+        fail(_msg(err), _code(err))
     masks = [r["mask"] for r in results if "mask" in r]
     for m in masks:
         console.print(f"wrote {m}")

@@ -250,8 +250,8 @@ def check_run_dir(
     changes = config_changes(before, cfg, allowed)
     if changes:
         raise ConfigError(
-            f"--resume {run_dir}: the run was made with other settings ({'; '.join(changes)}); resume with its own "
-            "config, or start a new run (another --out, or --overwrite)"
+            f"{run_dir} was made with other settings ({'; '.join(changes)}): continue it with its own config, or "
+            "start a new run (another --out, or --overwrite)"
         )
 
 

@@ -211,6 +211,9 @@ def load_dataset(
     for w in res.warnings:
         (log.info if w.startswith("ignored") else log.warning)("%s: %s", src, w)
     if not cases:
+        if problems:  # every case was skipped: say why, with the first problem
+            e = problems[0]
+            raise DataError(e.path, f"{e.problem} (every case of {src} has a problem; this is the first)", e.case_id)
         raise DataError(src, f"empty dataset: no cases found (layout {name!r})")
     log.debug("%s: %d case(s), layout %s", src, len(cases), name)
     return DatasetIndex(src, name, cases, opts, skipped, list(res.warnings), labels)
