@@ -286,6 +286,11 @@ def test_evaluate_counts_references_without_a_prediction(tmp_path):
     one_error_line(res, "2 reference(s) have no prediction", code=3)
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["metrics"]["dice"]["n"] == 3 and summary["metrics"]["dice"]["n_missing"] == 2
+    before = (tmp_path / "ev" / "summary.json").read_bytes()
+    res = agseg_cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "ev",
+                    category=DATA_LOSS, case="evaluate into a folder holding an evaluation")  # fmt: skip
+    one_error_line(res, "metrics.csv", "exists", "--overwrite")
+    assert (tmp_path / "ev" / "summary.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ def evaluate(
     labels: str = typer.Option("auto", help="'auto', 'binary', or comma-separated label values, e.g. 1,2."),
     ref_threshold: float | None = typer.Option(None, help="Binarise references as value > T (anti-aliased PNG: 127)."),
     pred_suffix: str = typer.Option("", help="Suffix of prediction file names to ignore when pairing (e.g. _pred)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace metrics.csv / summary.json already in --out."),
 ) -> None:
     """Per-case metrics, their summary (mean, std, median, undefined counts) and the pooled (dataset-level) overlap,
     for masks in two folders or for the saved test predictions of a CV run."""
@@ -49,6 +50,16 @@ def evaluate(
                 f"error: --labels must be auto, binary or integers like 1,2; got {labels!r}", fg="red", err=True
             )
             raise typer.Exit(2) from None
+    existing = [p for p in (out / "metrics.csv", out / "summary.json") if p.exists()]
+    if existing and not overwrite:
+        typer.secho(f"error: {existing[0]}: exists already: not overwritten (pass --overwrite, or another --out)",
+                    fg="red", err=True)  # fmt: skip
+        raise typer.Exit(1)
+    for folder in (pred, ref):
+        if folder is not None and out.resolve() == Path(folder).resolve():
+            typer.secho(f"error: --out {out} is the --pred/--ref folder; write the evaluation elsewhere", fg="red",
+                        err=True)  # fmt: skip
+            raise typer.Exit(2)
     try:
         if run is not None:
             result = evaluate_run(run, out, metrics)
