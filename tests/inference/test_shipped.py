@@ -39,6 +39,22 @@ def test_cxr_lungs_on_a_512_png(tmp_path):
     assert dice > 0.5, f"the shipped lung model finds little of a phantom's lungs (Dice {dice:.2f})"
 
 
+def test_shipped_models_predict_whole_folders(tmp_path):
+    """`agseg predict DIR --model NAME`: a folder of PNGs and a folder of NIfTI volumes (a folder used to be taken
+    for a DICOM series)."""
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "vols").mkdir()
+    for i in range(2):
+        Image.fromarray(chest_phantom(256, rng=i)[0]).save(tmp_path / "pngs" / f"x{i}.png")
+        vol = np.random.default_rng(i).normal(100, 20, size=(30, 40, 30)).astype(np.float32)
+        sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / "vols" / f"v{i}.nii.gz"))
+    for model, folder, names in (("cxr-lungs", "pngs", ["x0.png", "x1.png"]),
+                                 ("hippocampus", "vols", ["v0.nii.gz", "v1.nii.gz"])):  # fmt: skip
+        res = runner.invoke(app, ["predict", str(tmp_path / folder), "--model", model, "--out", str(tmp_path / model)])
+        assert res.exit_code == 0, res.output
+        assert sorted(p.name for p in (tmp_path / model).iterdir()) == names
+
+
 def test_hippocampus_on_a_nifti_volume(tmp_path):
     rng = np.random.default_rng(0)
     vol = sitk.GetImageFromArray(rng.normal(100, 20, size=(36, 50, 35)).astype(np.float32))
