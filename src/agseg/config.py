@@ -436,13 +436,28 @@ class CVConfig:
 class EvalConfig:
     """Per-case metrics computed on the test cases, in the original image grid and spacing.
 
-    ``class_names`` is the older way to name classes (``{1: anterior}``); prefer ``data.labels``. When given, the
-    names go into the label set.
+    Attributes:
+        metrics: metric names (``agseg.metrics.list_metrics()``).
+        class_names: the older way to name classes (``{1: anterior}``); prefer ``data.labels``. When given, the
+            names go into the label set.
+        save_predictions: write each fold's test predictions (``predictions/``): needed to choose post-processing
+            and by ``agseg evaluate --run``.
+        mirror_axes: test-time augmentation by mirroring these spatial axes (array order; every subset, the
+            probabilities averaged) when the CV predicts its test cases; stored in the model bundle as the default
+            of ``agseg predict``. Empty: none.
+        postprocess: after a finished CV, choose per class whether keeping the largest connected component(s)
+            improves the CV's Dice (``postprocessing.json``); ``agseg predict --run CV`` applies the decision.
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     class_names: dict[int, str] | None = None
     save_predictions: bool = True
+    mirror_axes: list[int] = field(default_factory=list)
+    postprocess: bool = True
+
+    def __post_init__(self) -> None:
+        if any(a < 0 or a > 2 for a in self.mirror_axes):
+            raise ValueError(f"mirror_axes are spatial axes 0, 1 or 2, got {self.mirror_axes}")
 
 
 @dataclass(frozen=True)

@@ -27,3 +27,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``error: message`` in red on stderr and exit with ``code``."""
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code)
+
+
+def parse_axes(text: str | None) -> tuple[int, ...] | None:
+    """``"0,1"`` -> ``(0, 1)``; ``"none"`` or ``""`` -> ``()``; None -> None (the default)."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none", "off"):
+        return ()
+    try:
+        return tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"axes are integers like 0,1 (or none), got {text!r}") from None

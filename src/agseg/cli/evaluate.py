@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from agseg.cli._common import parse_axes
 from agseg.data.errors import DataError
 
 console = Console()
@@ -27,6 +29,17 @@ def evaluate(
     ref_threshold: float | None = typer.Option(None, help="Binarise references as value > T (anti-aliased PNG: 127)."),
     pred_suffix: str = typer.Option("", help="Suffix of prediction file names to ignore when pairing (e.g. _pred)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace metrics.csv / summary.json already in --out."),
+    repredict: bool = typer.Option(
+        False,
+        "--repredict",
+        help="With --run: predict the test cases again with each fold's model (see --mirror-axes).",
+    ),
+    mirror_axes: str | None = typer.Option(
+        None, "--mirror-axes", help="With --repredict: test-time mirroring axes, e.g. 1 or 0,1,2; 'none' for none."
+    ),
+    postprocess: bool = typer.Option(
+        False, "--postprocess", help="With --repredict: apply the CV's postprocessing.json decision."
+    ),
 ) -> None:
     """Per-case metrics, their summary (mean, std, median, undefined counts) and the pooled (dataset-level) overlap,
     for masks in two folders or for the saved test predictions of a CV run."""
@@ -62,7 +75,11 @@ def evaluate(
             raise typer.Exit(2)
     try:
         if run is not None:
-            result = evaluate_run(run, out, metrics)
+            decision = None
+            if postprocess:
+                decision = json.loads((run / "postprocessing.json").read_text(encoding="utf-8"))
+            axes = parse_axes(mirror_axes)
+            result = evaluate_run(run, out, metrics, repredict=repredict, mirror_axes=axes, postprocess=decision)
             title = f"{len(result.rows)} test cases of {run}"
         else:
             result = evaluate_folders(pred, ref, out, metrics, lab, ref_threshold, pred_suffix)  # type: ignore[arg-type]

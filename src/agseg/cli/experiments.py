@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agseg.cli._common import fail, parse_overrides
+from agseg.cli._common import fail, parse_axes, parse_overrides
 
 console = Console()
 log = logging.getLogger("agseg")
@@ -139,7 +139,9 @@ def cv(
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (PNG, NIfTI, MHD, NRRD, DICOM folder...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (never an input's folder)."),
-    run: Path | None = typer.Option(None, "--run", help="A training run (or model) folder."),
+    run: list[Path] | None = typer.Option(
+        None, "--run", help="A training run, model or CV folder (a CV: the ensemble of its folds). Repeat to ensemble."
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A checkpoint file (.pt) written by training."),
     model: str | None = typer.Option(None, "--model", help="A model shipped with agseg (see agseg models --shipped)."),
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
@@ -148,6 +150,10 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("auto", help="auto (bf16 where it helps), bf16 or off."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist already."),
+    mirror_axes: str | None = typer.Option(
+        None, "--mirror-axes", help="Test-time mirroring axes, e.g. 1 or 0,1,2; 'none' for none (default: the model's)."
+    ),
+    no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the model's post-processing."),
 ) -> None:
     """Predict masks written in each input's format, size and geometry (spacing, origin, direction).
 
@@ -156,17 +162,20 @@ def predict(
     --out are never replaced unless --overwrite is given; all outputs are checked before any work starts."""
     from agseg.inference.predictor import Predictor
 
-    sources = [s for s in (run, checkpoint, model) if s is not None]
-    if len(sources) != 1:
-        fail("give exactly one of --run, --checkpoint or --model", 2)
+    given = [s for s in (run or None, checkpoint, model) if s]
+    if len(given) != 1:
+        fail("give exactly one of --run (repeatable), --checkpoint or --model", 2)
     try:
         if model is not None:
             from agseg.inference.pretrained import pretrained_path
 
-            source = pretrained_path(model)
+            sources = [pretrained_path(model)]
         else:
-            source = sources[0]
-        predictor = Predictor.from_path(source, device=device, amp=amp, overlap=overlap)
+            sources = list(run) if run else [checkpoint]
+        opts = {"device": device, "amp": amp, "overlap": overlap, "mirror_axes": parse_axes(mirror_axes)}
+        if no_postprocess:
+            opts["postprocess"] = False
+        predictor = Predictor.from_paths(sources, **opts)
         results = predictor.predict_paths(inputs, out, probs=probs, attention=attention, overwrite=overwrite)
     except _known_errors() as err:
         fail(_msg(err), _code(err))
@@ -178,3 +187,31 @@ def predict(
         console.print(f"{len(results) - 1} prediction(s) in {table}")
     else:
         console.print(f"{len(masks)} mask(s) in {out}")
+
+
+def postprocess(
+    cv_dir: Path = typer.Argument(..., help="A finished `agseg cv` folder (with predictions/ in every fold)."),
+    metric: list[str] | None = typer.Option(
+        None, "--metric", "-m", help="Metrics of the estimate (default: the CV's)."
+    ),
+) -> None:
+    """Choose post-processing on a CV's predictions (keep the largest component(s) per class where that improves the
+    mean Dice) and estimate its effect cross-validated; `agseg predict --run CV` then applies it."""
+    from agseg.experiments.postprocessing import cv_postprocessing
+
+    try:
+        res = cv_postprocessing(cv_dir, metric or None)
+    except _known_errors() as err:
+        fail(_msg(err), _code(err))
+    table = Table(title=f"post-processing of {cv_dir} ({res['n_cases']} CV cases)")
+    for col in ("class", "as predicted", "keep 1", "keep 2", "keep 3", "chosen"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for value, row in res["classes"].items():
+        table.add_row(value, *(f"{row[k]:.4f}" for k in ("none", "k1", "k2", "k3")), str(row["chosen"] or "-"))
+    console.print(table)
+    est = res["cv_estimate"]
+    for name in [m for m in ("dice", "hd95") if m in est["before"]]:
+        b, a = est["before"][name]["mean"], est["after"][name]["mean"]
+        if b is not None and a is not None:
+            console.print(f"{name}: {b:.4f} -> {a:.4f} (each fold post-processed by the decision of the other folds)")
+    console.print(f"wrote {cv_dir / 'postprocessing.json'} and {cv_dir / 'metrics_postprocessed.csv'}")

@@ -257,15 +257,23 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     progress: bool = True,
+    repredict: bool = False,
+    mirror_axes: Sequence[int] | None = None,
+    postprocess: Mapping[str, Any] | None = None,
 ) -> Evaluation:
-    """Re-evaluate the saved test predictions of a CV run (``agseg cv``) or of one of its folds, without
-    retraining: other metrics, or the pooled overlap, against the references of the dataset in each fold's config.
+    """Re-evaluate the test cases of a CV run (``agseg cv``) or of one of its folds, without retraining: other
+    metrics, or the pooled overlap, against the references of the dataset in each fold's config; or, with
+    ``repredict``, predict every fold's test cases again with the fold's model under other inference settings
+    (mirroring, post-processing), to measure their effect on the same folds.
 
     Args:
         run_dir: the CV folder (with ``repeat{r}_fold{f}/predictions``) or one fold folder.
         out_dir: where ``metrics.csv`` and ``summary.json`` go; None writes nothing.
         metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         progress: show a progress bar.
+        repredict: predict the test cases again instead of reading the saved predictions.
+        mirror_axes: with ``repredict``, test-time mirroring axes (None: each fold bundle's own setting).
+        postprocess: with ``repredict``, a post-processing decision to apply (None: none).
 
     Returns:
         The :class:`Evaluation`; rows carry ``model``, ``repeat``, ``fold`` and ``case_id`` like the CV's table.
@@ -303,15 +311,27 @@ def evaluate_run(
             jobs.append((index.get(str(row["case_id"])), fdir, {**ident, "case_id": str(row["case_id"])}))
     rows: list[dict[str, Any]] = []
     pool = _Pool(labels, suffixes)
+    predictors: dict[Path, Any] = {}
     for ref, fdir, row in tqdm(jobs, desc="evaluating", unit="case", leave=False, disable=None if progress else True):
-        pp = mask_path_for(ref.image_paths[0], fdir / "predictions")
-        if not pp.exists():
-            raise DataError(pp, f"prediction for test case {ref.case_id!r} of {fdir.name} is missing")
         case = ref.load()
-        pred, _ = read_mask(pp)
+        if repredict:
+            from agseg.inference.predictor import Predictor
+
+            if fdir not in predictors:
+                predictors[fdir] = Predictor.from_path(
+                    fdir, amp="auto", mirror_axes=mirror_axes, postprocess=dict(postprocess) if postprocess else False
+                )
+            pred = predictors[fdir].predict_array(case.image, case.geometry).label
+        else:
+            pp = mask_path_for(ref.image_paths[0], fdir / "predictions")
+            if not pp.exists():
+                raise DataError(pp, f"prediction for test case {ref.case_id!r} of {fdir.name} is missing")
+            pred, _ = read_mask(pp)
         if pred.shape != case.label.shape:
             raise DataError(pp, f"prediction shape {pred.shape} differs from the reference shape {case.label.shape}")
         row.update(case_metrics(pred, case.label, case.geometry.array_spacing, metrics, labels, suffixes))
         rows.append(row)
         pool.add(pred, case.label)
-    return _finish(rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds])
+    settings = {"repredict": repredict, "mirror_axes": list(mirror_axes) if mirror_axes is not None else None,
+                "postprocess": dict(postprocess) if postprocess else None} if repredict else {}  # fmt: skip
+    return _finish(rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds], **settings)

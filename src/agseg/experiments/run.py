@@ -364,6 +364,7 @@ def train_model(
               "loss": loss_name, "labels_source": label_set.source,
               **_channel_patterns(cfg, train_cases)},
         task=task.name,
+        mirror_axes=list(cfg.eval.mirror_axes) or None,
     )  # fmt: skip
     trainer = Trainer(
         model,
@@ -537,7 +538,17 @@ def run_cv(
         rows = evaluate_cases(predictor, [by_id[c] for c in fold.test], cfg.eval.metrics, pred_dir, progress)
         rows = [{"model": cfg.name, "repeat": fold.repeat, "fold": fold.fold, **r} for r in rows]
         write_csv(rows, fdir / "metrics.csv")
-    return gather_cv(out, cfg, plan, t0)
+    result = gather_cv(out, cfg, plan, t0)
+    if (
+        result.folds_done == result.folds_total
+        and cfg.eval.postprocess
+        and cfg.eval.save_predictions
+        and cfg.task == "segmentation"
+    ):
+        from agseg.experiments.postprocessing import cv_postprocessing
+
+        cv_postprocessing(out, progress=progress)
+    return result
 
 
 def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | None = None) -> CVResult:

@@ -44,6 +44,8 @@ class ModelBundle:
         class_names: ``{label: name}`` of the label set (None: no names).
         info: provenance (experiment name, data, epochs, CV performance, licence notes).
         task: ``"segmentation"`` or ``"classification"``.
+        mirror_axes: spatial axes mirrored for test-time augmentation by default (``eval.mirror_axes``).
+        postprocess: the post-processing chosen on the CV predictions (``{"keep_largest": {value: k}}``) or None.
     """
 
     model_name: str
@@ -54,6 +56,8 @@ class ModelBundle:
     class_names: dict[str, str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     task: str = "segmentation"
+    mirror_axes: list[int] | None = None
+    postprocess: dict[str, Any] | None = None
 
     @property
     def label_set(self) -> LabelSet:

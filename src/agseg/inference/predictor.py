@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from agseg.data.preprocess import invert
 from agseg.fileio import atomic_path
 from agseg.inference.bundle import ModelBundle, load_bundle
 from agseg.inference.inputs import PredictInput, collect_inputs
+from agseg.inference.postprocess import apply_postprocessing
 from agseg.inference.sliding import predict_logits, predict_with_attention
 from agseg.nets.base import has_attention
 from agseg.runtime import amp_dtype, flush_denormal, resolve_device
@@ -61,10 +64,22 @@ class Predictor:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         amp: ``"auto"`` (bf16 on CPUs with AMX/AVX-512 bf16 and on CUDA), ``"bf16"`` or ``"off"``.
         overlap: sliding-window overlap.
+        mirror_axes: test-time augmentation by mirroring these spatial axes (array order, 0 the first spatial
+            axis; every subset is predicted and the probabilities averaged); None: the bundle's ``mirror_axes``;
+            ``()``: off.
+        postprocess: the post-processing of label maps (:mod:`agseg.inference.postprocess`): True for the
+            bundle's, False for none, or a decision ``{"keep_largest": {value: k}}``.
     """
 
     def __init__(
-        self, model: torch.nn.Module, bundle: ModelBundle, device: str = "auto", amp: str = "auto", overlap: float = 0.5
+        self,
+        model: torch.nn.Module,
+        bundle: ModelBundle,
+        device: str = "auto",
+        amp: str = "auto",
+        overlap: float = 0.5,
+        mirror_axes: Sequence[int] | None = None,
+        postprocess: Mapping[str, Any] | bool | None = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -75,15 +90,31 @@ class Predictor:
         self.label_set = bundle.label_set
         self.labels = np.asarray(self.label_set.values)
         self.task = bundle.task
+        #: spatial axes (array order) mirrored for test-time augmentation; default: the bundle's
+        self.mirror_axes = (
+            tuple(bundle.mirror_axes or ()) if mirror_axes is None else tuple(int(a) for a in mirror_axes)
+        )
+        #: the post-processing applied to label maps: the bundle's (True), none (False/None), or a given one
+        self.postprocess = bundle.postprocess if postprocess is True else (postprocess or None)
 
     @classmethod
     def from_path(cls, source: str | Path, **kw) -> Predictor:
-        """From a run folder, a bundle folder or a checkpoint file (see :func:`load_bundle`)."""
+        """From a run folder, a bundle folder or a checkpoint file (see :func:`load_bundle`); a cross-validation
+        folder gives the :class:`EnsemblePredictor` of its folds' models (with the CV's post-processing)."""
+        if cv_fold_runs(source):
+            return EnsemblePredictor.from_paths([source], **kw)
         model, bundle = load_bundle(source)
         return cls(model, bundle, **kw)
 
-    def predict_array(self, image: np.ndarray, geometry: Geometry, attention: bool = False) -> Prediction:
-        """Predict for ``image`` ``(C, *spatial)`` with its ``geometry``; see :class:`Prediction`."""
+    @classmethod
+    def from_paths(cls, sources: Sequence[str | Path], **kw) -> Predictor:
+        """One source as :meth:`from_path`; several: the ensemble of all their models."""
+        if len(sources) == 1:
+            return cls.from_path(sources[0], **kw)
+        return EnsemblePredictor.from_paths(sources, **kw)
+
+    def check_image(self, image: np.ndarray) -> None:
+        """Raise a ``ValueError`` when ``image`` ``(C, *spatial)`` has the wrong dimensions or channels."""
         expected = self.bundle.model_kwargs.get("in_channels")
         dims = self.bundle.model_kwargs.get("spatial_dims")
         if dims is not None and image.ndim - 1 != dims:
@@ -96,28 +127,60 @@ class Predictor:
                 f"the model expects {expected} channel(s), the image has {image.shape[0]}"
                 + (" (an RGB image for a grey-level model?)" if image.shape[0] == 3 and expected == 1 else "")
             )
+
+    def _logits(self, x: torch.Tensor, with_maps: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        patch = self.bundle.patch_size
+        with flush_denormal():
+            if with_maps:
+                return predict_with_attention(self.model, x, self.amp)
+            return predict_logits(self.model, x, patch, self.overlap, self.amp), {}
+
+    def probabilities(
+        self, image: np.ndarray, geometry: Geometry, attention: bool = False
+    ) -> tuple[np.ndarray, Geometry, dict[str, np.ndarray]]:
+        """Class probabilities on the input's grid, ``(K, *spatial)`` (a classifier: ``(K,)``), its geometry, and the
+        attention maps when asked for; averaged over the mirrorings of :attr:`mirror_axes` (test-time augmentation:
+        every subset of those axes flipped, the probabilities flipped back, as nnU-Net does)."""
+        self.check_image(image)
         res = self.pre.apply(image, geometry)
         x = torch.from_numpy(np.ascontiguousarray(res.image))
-        maps: dict[str, torch.Tensor] = {}
         patch = self.bundle.patch_size
         fits = patch is None or all(s <= p for s, p in zip(x.shape[1:], patch, strict=False))
         if attention and not fits:
             log.warning("attention maps are only computed for inputs within the training patch; skipped")
-        with flush_denormal():
-            if self.task == "classification" or (attention and fits and has_attention(self.model)):
-                logits, maps = predict_with_attention(self.model, x, self.amp)
-            else:
-                logits = predict_logits(self.model, x, patch, self.overlap, self.amp)
-        if not attention:
-            maps = {}
-        att = {k: invert(v[0].cpu().numpy().astype(np.float32), res.record, kind="prob")[0] for k, v in maps.items()}
-        probs = logits_to_probs(logits)[0].cpu().numpy().astype(np.float32)
+        with_maps = self.task == "classification" or (attention and fits and has_attention(self.model))
+        logits, maps = self._logits(x, with_maps)
+        probs = logits_to_probs(logits)[0]
+        flips = _flip_sets(self.mirror_axes, x.ndim - 1)
+        for axes in flips:
+            dims = [a + 1 for a in axes]
+            flipped, _ = self._logits(torch.flip(x, dims), self.task == "classification")
+            p = logits_to_probs(flipped)[0]
+            probs = probs + (torch.flip(p, dims) if self.task != "classification" else p)
+        probs = (probs / (1 + len(flips))).cpu().numpy().astype(np.float32)
+        att = {}
+        if attention:
+            att = {
+                k: invert(v[0].cpu().numpy().astype(np.float32), res.record, kind="prob")[0] for k, v in maps.items()
+            }
+        if self.task == "classification":
+            return probs, geometry, att
+        probs_orig, geom = invert(probs, res.record, kind="prob")
+        return probs_orig, geom, att
+
+    def predict_array(self, image: np.ndarray, geometry: Geometry, attention: bool = False) -> Prediction:
+        """Predict for ``image`` ``(C, *spatial)`` with its ``geometry``: probabilities (:meth:`probabilities`),
+        labels from them, and the bundle's post-processing; see :class:`Prediction`."""
+        probs, geom, att = self.probabilities(image, geometry, attention)
+        return self.prediction(probs, geom, att)
+
+    def prediction(self, probs: np.ndarray, geometry: Geometry, attention: dict[str, np.ndarray]) -> Prediction:
+        """A :class:`Prediction` from probabilities: labels by the label set, then :attr:`postprocess`."""
         if self.task == "classification":
             label = self.label_set.decode(probs_to_indices(probs[:, None])[0])
-            return Prediction(label=np.asarray(label), probs=probs, geometry=geometry, attention=att)
-        probs_orig, geom = invert(probs, res.record, kind="prob")
-        label = self.label_set.decode(probs_to_indices(probs_orig))
-        return Prediction(label=label, probs=probs_orig, geometry=geom, attention=att)
+            return Prediction(label=np.asarray(label), probs=probs, geometry=geometry, attention=attention)
+        label = apply_postprocessing(self.label_set.decode(probs_to_indices(probs)), self.postprocess)
+        return Prediction(label=label, probs=probs, geometry=geometry, attention=attention)
 
     def predict_file(
         self,
@@ -284,6 +347,82 @@ class Predictor:
         return row
 
 
+def cv_fold_runs(source: str | Path) -> list[Path]:
+    """The finished fold runs (``repeat{r}_fold{f}/model``) of a cross-validation folder; empty for anything else."""
+    src = Path(source)
+    if not src.is_dir() or (src / "model.json").is_file() or (src / "model" / "model.json").is_file():
+        return []
+    return sorted(d for d in src.glob("repeat*_fold*") if (d / "model" / "model.json").is_file())
+
+
+class EnsemblePredictor(Predictor):
+    """Several models of one task and label set as one predictor: the mean of their probabilities on the input's
+    grid (nnU-Net's fold ensemble), then labels and post-processing as for one model.
+
+    Each member applies its own preprocessing (folds may fit different statistics) and mirroring; attention maps
+    come from the first member.
+
+    Args:
+        members: the predictors (same task, label set, input channels and dimensions).
+        postprocess: the ensemble's post-processing decision (a CV's ``postprocessing.json``), or None.
+    """
+
+    def __init__(self, members: Sequence[Predictor], postprocess: Mapping[str, Any] | None = None) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        first = members[0]
+        for m in members[1:]:
+            if m.task != first.task or m.label_set.values != first.label_set.values:
+                raise ValueError(
+                    f"cannot ensemble {m.bundle.model_name} ({m.task}, labels {list(m.label_set.values)}) with "
+                    f"{first.bundle.model_name} ({first.task}, labels {list(first.label_set.values)})"
+                )
+            for key in ("in_channels", "spatial_dims"):
+                if m.bundle.model_kwargs.get(key) != first.bundle.model_kwargs.get(key):
+                    raise ValueError(f"cannot ensemble models with different {key}")
+        self.members = list(members)
+        self.model, self.bundle, self.device = first.model, first.bundle, first.device
+        self.pre, self.amp, self.overlap = first.pre, first.amp, first.overlap
+        self.label_set, self.labels, self.task = first.label_set, first.labels, first.task
+        self.mirror_axes = first.mirror_axes
+        self.postprocess = dict(postprocess) if postprocess else None
+
+    @classmethod
+    def from_paths(cls, sources: Sequence[str | Path], postprocess: Any = True, **kw) -> EnsemblePredictor:
+        """The models of ``sources`` (CV folders expand to their folds; run, bundle or checkpoint paths are one
+        model each). The post-processing is the CV's (``postprocessing.json``) for one CV folder, else none.
+
+        Raises:
+            FileNotFoundError: a CV folder without a finished fold.
+        """
+        members: list[Predictor] = []
+        for src in sources:
+            folds = cv_fold_runs(src)
+            paths = folds or [Path(src)]
+            if not paths:
+                raise FileNotFoundError(f"{src}: no finished fold (repeat*_fold*/model)")
+            for p in paths:
+                model, bundle = load_bundle(p)
+                members.append(Predictor(model, bundle, postprocess=False, **kw))
+        decision = None
+        if postprocess is True and len(sources) == 1 and (Path(sources[0]) / "postprocessing.json").is_file():
+            import json
+
+            decision = json.loads((Path(sources[0]) / "postprocessing.json").read_text(encoding="utf-8"))
+        elif isinstance(postprocess, Mapping):
+            decision = dict(postprocess)
+        log.info("ensemble of %d model(s) from %s", len(members), ", ".join(map(str, sources)))
+        return cls(members, decision)
+
+    def probabilities(
+        self, image: np.ndarray, geometry: Geometry, attention: bool = False
+    ) -> tuple[np.ndarray, Geometry, dict[str, np.ndarray]]:
+        probs, geom, att = self.members[0].probabilities(image, geometry, attention)
+        for m in self.members[1:]:
+            probs = probs + m.probabilities(image, geometry, False)[0]
+        return probs / len(self.members), geom, att
+
+
 def _check_target(source: Path, target: Path, overwrite: bool, inputs: Sequence[PredictInput] = ()) -> None:
     """Refuse an output that is an input (or inside an input DICOM folder), or that exists without ``overwrite``."""
     t = target.resolve()
@@ -376,3 +515,12 @@ def _write_dicom_folder(target: Path, array: np.ndarray, geometry: Geometry, mas
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _flip_sets(axes: Sequence[int], spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every non-empty subset of the mirroring ``axes`` (checked against ``spatial_dims``)."""
+    bad = [a for a in axes if not 0 <= a < spatial_dims]
+    if bad:
+        raise ValueError(f"mirror axes {bad} out of range for {spatial_dims}D images (0..{spatial_dims - 1})")
+    uniq = sorted(set(axes))
+    return [c for r in range(1, len(uniq) + 1) for c in combinations(uniq, r)]
