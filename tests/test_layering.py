@@ -18,9 +18,14 @@ def _imports(folder: Path) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-                names |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # a relative import: resolve it against this file's package
+                    package = ["agseg", *f.relative_to(folder.parent).parent.parts]
+                    package = package[: len(package) - node.level + 1]
+                    module = ".".join([*package, module] if module else package)
+                names.add(module)
+                names |= {f"{module}.{a.name}" for a in node.names}
         out[str(f.relative_to(folder))] = names
     return out
 
@@ -42,6 +47,7 @@ def test_the_check_sees_lazy_and_plain_imports(tmp_path):
     # the check can fail: imports inside functions and `import a.b` forms are found
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "m.py").write_text("def f():\n    from agseg.training.trainer import Trainer\n")
-    (tmp_path / "n.py").write_text("import agseg.viz.attention as v\n")
+    (tmp_path / "n.py").write_text("import agseg.viz.attention as v\nfrom ..training import trainer\n")
     found = _imports(tmp_path)
     assert "agseg.training.trainer" in found["sub/m.py"] and "agseg.viz.attention" in found["n.py"]
+    assert "agseg.training" in found["n.py"]  # a relative import, resolved

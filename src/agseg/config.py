@@ -9,7 +9,7 @@ An experiment config has these sections::
     model: {name: attention_unet, channels: [16, 32, 64, 128, 256], gating: multi}   # other keys -> create_model
     train: {epochs: 30, batch_size: 4, optimizer: adam, lr: 0.001, loss: dice_ce, ...}
     cv:    {folds: 5, repeats: 1, val_fraction: 0.1}
-    eval:  {metrics: [dice, hausdorff, hd95, sensitivity, specificity]}
+    eval:  {metrics: [dice, hd, hd95, sensitivity, specificity], mirror_axes: [1]}
 
 Every section is typed, including ``data.options`` (:class:`LayoutOptions`), ``data.preprocess``
 (:class:`~agseg.data.preprocess.PreprocessConfig`), ``data.augment`` (:class:`~agseg.data.augment.AugmentConfig`)
@@ -509,6 +509,13 @@ class ExperimentConfig:
 _TOP = ("name", "seed", "data", "model", "train", "cv", "eval")
 
 
+def _train_section(raw: Any) -> TrainConfig:
+    """``train``, where YAML's ``amp: off`` (read as false) means ``"off"``."""
+    if isinstance(raw, Mapping) and isinstance(raw.get("amp"), bool):
+        raw = {**raw, "amp": "auto" if raw["amp"] else "off"}
+    return _section(TrainConfig, "train", raw)
+
+
 def _data_section(raw: Any) -> DataConfig:
     if raw is None:
         raw = {}
@@ -559,7 +566,8 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any], where: str = "model
     hints = _hints(spec.builder)
     out = {k: coerce(v, hints.get(k, Any), f"{where}.{k}") for k, v in kwargs.items()}
     trial = {**spec.defaults, **out}
-    trial.setdefault("spatial_dims", 2)
+    per_axis = [e for e in trial.get("pool_sizes") or () if isinstance(e, list | tuple)]
+    trial.setdefault("spatial_dims", len(per_axis[0]) if per_axis else 2)  # the data decides; guess for the trial
     trial.setdefault("in_channels", 1)
     trial.setdefault("out_channels", 2)
     trial = {k: v for k, v in trial.items() if k in valid or open_kwargs}
@@ -653,7 +661,7 @@ def from_dict(raw: Any) -> ExperimentConfig:
     task = get_model_spec(model_name).task
     data = _data_section(raw.get("data"))
     _check_layout(data)
-    train = _section(TrainConfig, "train", raw.get("train"))
+    train = _train_section(raw.get("train"))
     _check_train(train, task)
     cv = _section(CVConfig, "cv", raw.get("cv"))
     ev = _section(EvalConfig, "eval", raw.get("eval"))

@@ -110,7 +110,8 @@ def test_multiclass_png_predictions_keep_values_and_evaluate_run_agrees(multicla
     cfg = _cfg(
         multiclass_png,
         **{"data.options": {"mask_threshold": None}, "data.preprocess": {"intensity": "minmax01"},
-           "train.max_steps_per_epoch": None, "train.epochs": 20, "train.lr": 0.02, "model.channels": [8, 16]},
+           "train.max_steps_per_epoch": None, "train.epochs": 20, "train.lr": 0.02, "model.channels": [8, 16],
+           "data.labels": {0: "background", 1: "organ", 2: "spot"}},
     )  # fmt: skip
     res = run_cv(cfg, tmp_path / "cv")
     preds = sorted((tmp_path / "cv").glob("repeat0_fold*/predictions/*.png"))
@@ -121,10 +122,21 @@ def test_multiclass_png_predictions_keep_values_and_evaluate_run_agrees(multicla
     again = evaluate_run(tmp_path / "cv", metrics=["dice"])
     cv_rows = {r["case_id"]: r for r in read_csv(tmp_path / "cv" / "metrics.csv")}
     assert {r["case_id"] for r in again.rows} == set(cv_rows)
-    for r in again.rows:
-        for col in ("dice", "dice_1", "dice_2"):
+    for r in again.rows:  # the class names reach the columns, and the re-evaluation agrees with the CV
+        for col in ("dice", "dice_organ", "dice_spot"):
             assert r[col] == pytest.approx(cv_rows[r["case_id"]][col], nan_ok=True), (r["case_id"], col)
     assert res.folds_done == 2
+    # a fold scored before class names reached the columns (dice_1, dice_2) keeps its own column names
+    fold = tmp_path / "cv" / "repeat0_fold0" / "metrics.csv"
+    fold.write_text(fold.read_text().replace("dice_organ", "dice_1").replace("dice_spot", "dice_2"))
+    old = evaluate_run(tmp_path / "cv" / "repeat0_fold0", metrics=["dice"])
+    assert {"dice_1", "dice_2"} <= set(old.rows[0]) and "dice_organ" not in old.rows[0]
+    # and a CV whose folds were scored differently says so in one line instead of a KeyError
+    with pytest.raises(DataError, match="metric columns.*evaluated differently"):
+        from agseg.experiments.run import gather_cv
+        from agseg.experiments.splits import SplitPlan
+
+        gather_cv(tmp_path / "cv", cfg, SplitPlan.from_json(tmp_path / "cv" / "splits.json"))
 
 
 def test_a_bundle_with_classes_writes_value_1_for_a_class_1_only_prediction(multiclass_png, tmp_path):
@@ -149,6 +161,7 @@ def _yaml(path: Path, data: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("verb", ["train", "cv"])
 @pytest.mark.parametrize(
     ("override", "named"),
     [
@@ -158,10 +171,10 @@ def _yaml(path: Path, data: Path) -> Path:
         ("train.epochs=ten", ["train.epochs", "integer"]),
     ],
 )
-def test_config_errors_are_one_line_and_leave_no_run_directory(multiclass_png, tmp_path, override, named):
+def test_config_errors_are_one_line_and_leave_no_run_directory(multiclass_png, tmp_path, override, named, verb):
     cfg = _yaml(tmp_path / "exp.yaml", multiclass_png)
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", str(cfg), "--out", str(out), "--set", override])
+    res = runner.invoke(app, [verb, str(cfg), "--out", str(out), "--set", override])
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), res.output
@@ -252,3 +265,46 @@ def test_a_classifier_is_cross_validated_and_predicted_by_the_same_commands(tiny
 def test_config_for_an_unknown_model_key_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict({"model": {"name": "unet", "gating": "multi"}})
+
+
+def test_the_preprocessings_label_map_is_part_of_the_label_set(multiclass_png, tmp_path):
+    # masks hold 0/1/2; the preprocessing maps 2 -> 1: the net is binary, not a 3-class net that dies on value 2
+    cfg = _cfg(multiclass_png, **{"data.options": {"mask_threshold": None},
+                                  "data.preprocess": {"label_map": {1: 1, 2: 1}}})  # fmt: skip
+    index = load_index(cfg)
+    run = train_model(cfg, tmp_path / "run", list(index)[:4], [], index=index)
+    assert run.bundle.labels == [0, 1] and run.model.out_channels == 1
+
+
+def test_auto_threshold_refuses_masks_coded_two_ways(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i, fg in enumerate([255, 255, 128, 128]):  # two masks 0/255, two 0/128: coded differently
+        m = np.zeros((16, 16), np.uint8)
+        m[4:10, 4:10] = fg
+        Image.fromarray(m).save(tmp_path / "masks" / f"c{i}.png")
+        Image.fromarray((m // 2 + 20).astype(np.uint8)).save(tmp_path / "images" / f"c{i}.png")
+    cfg = _cfg(tmp_path)
+    with pytest.raises(DataError, match=r"mask_threshold 'auto' binarised 2 mask\(s\).*kept 2.*coded differently"):
+        train_model(cfg, tmp_path / "run", list(load_index(cfg)), [])
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_details_a_user_types_naturally(rare_class):
+    cfg = _cfg(rare_class, **{"train.amp": False})  # YAML reads `amp: off` as false
+    assert cfg.train.amp == "off"
+    # per-axis pooling in a 3D config validates without spelling out spatial_dims
+    cfg = _cfg(rare_class, **{"model.pool_sizes": [[1, 2, 2]]})
+    assert cfg.model.kwargs["pool_sizes"] == [[1, 2, 2]]
+    with pytest.raises(ConfigError, match="affine_prob"):
+        _cfg(rare_class, **{"data.augment": {"affine_prob": 2.0}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_missing_cuda_device_fails_before_anything_is_written(rare_class, tmp_path):
+    from agseg.runtime import DeviceError
+
+    cfg = _cfg(rare_class, **{"train.device": "cuda:1"})
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        train_model(cfg, tmp_path / "run", list(load_index(cfg))[:2], [])
+    assert not (tmp_path / "run").exists()

@@ -145,6 +145,11 @@ def test_early_stopping_stops_and_its_state_survives_resume(tmp_path):
     stopper = next(c for c in tr.callbacks if isinstance(c, EarlyStopping))
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["callbacks"]["early_stopping"]
     assert saved == stopper.state_dict() and saved["bad_epochs"] == 1
+    # resuming a run that stopped early trains nothing more, and restores the stopper's counters
+    again = make_trainer(tmp_path, epochs=6, early_stop_patience=1, early_stop_min_delta=1e6)
+    res2 = again.fit(resume=True)
+    assert res2.epochs_run == 2 and res2.best_epoch == res.best_epoch
+    assert next(c for c in again.callbacks if isinstance(c, EarlyStopping)).state_dict() == saved
 
 
 def test_progress_is_printed_not_only_logged(tmp_path, capsys):

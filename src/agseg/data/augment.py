@@ -72,6 +72,12 @@ class AugmentConfig:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
         if not 0 <= self.scale < 1:
             raise ValueError(f"scale must be in [0, 1), got {self.scale}")
+        for name in ("affine_prob", "flip_prob", "intensity_prob", "noise_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("rotate_deg", "intensity_scale", "intensity_shift", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

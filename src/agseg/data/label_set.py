@@ -18,7 +18,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,10 +159,6 @@ class LabelSet:
             raise ValueError(f"label values {self.unknown(np.unique(lab))} not in the label set {self.values}")
         return idx
 
-    def is_identity(self) -> bool:
-        """True when values are 0..K-1 (encoding changes nothing)."""
-        return self.values == tuple(range(len(self.values)))
-
     def decode(self, index: np.ndarray) -> np.ndarray:
         """Class indices -> label values (uint8, or uint16 above 255)."""
         vals = np.asarray(self.values)
@@ -171,8 +166,17 @@ class LabelSet:
 
 
 # --------------------------------------------------------------------------------------------- counting labels
-def case_label_values(ref: Any) -> dict[int, int]:
-    """``{value: voxel count}`` of a case's label map, read from its mask files only (the image is not read)."""
+def case_label_values(ref: Any, extra: Any = None) -> tuple[dict[int, int], bool | None]:
+    """``({value: voxel count}, auto-thresholded)`` of a case's label map, read from its mask files only.
+
+    Args:
+        ref: the case.
+        extra: a further :class:`~agseg.data.labels.MaskSpec` applied after the case's own (the preprocessing's
+            ``mask_threshold`` / ``label_map``), so that the counts are the labels training sees.
+
+    The flag says whether ``mask_threshold: auto`` binarised the masks (8-bit with a maximum of 255): True/False,
+    or None when the case does not use ``auto``.
+    """
     from agseg.data.io import read_mask
     from agseg.data.labels import label_counts
 
@@ -180,43 +184,69 @@ def case_label_values(ref: Any) -> dict[int, int]:
     for p in ref.mask_paths:
         m, _ = read_mask(p)
         masks.append((m, p))
+    auto = None
+    if ref.mask_spec.threshold == "auto":
+        auto = any(m.dtype == np.uint8 and m.size and int(m.max()) == 255 for m, _ in masks)
     try:
-        return label_counts(ref.mask_spec.apply(masks, ref.case_id))
+        label = ref.mask_spec.apply(masks, ref.case_id)
+        if extra is not None:
+            label = extra.apply([(label, ref.mask_paths[0])], ref.case_id)
+        return label_counts(label), auto
     except DataError as e:
         e.case_id = e.case_id or ref.case_id
         raise
 
 
-def _key(ref: Any, cache: Any) -> str:
-    blob = {"labels": 1, "case": cache._sources(ref)}
+def _key(ref: Any, cache: Any, extra: Any) -> str:
+    blob = {"labels": 2, "case": cache._sources(ref), "extra": extra.to_dict() if extra is not None else None}
     return "labels-" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def count_labels(refs: Sequence[Any], cache: Any = None, progress: bool = False) -> dict[str, dict[int, int]]:
+def count_labels(
+    refs: Sequence[Any], cache: Any = None, progress: bool = False, extra: Any = None
+) -> dict[str, dict[int, int]]:
     """``{case_id: {value: voxels}}`` for every labelled case in ``refs``.
 
     With a :class:`~agseg.data.cache.PreprocessCache`, each case's counts are stored as a small JSON keyed by its
-    files' signatures (path, size, mtime) and mask rules, so that later runs read no mask at all.
+    files' signatures (path, size, mtime) and mask rules, so that later runs read no mask at all. ``extra`` is the
+    preprocessing's mask rules (see :func:`case_label_values`).
 
     Raises:
-        DataError: an unreadable mask or bad label values (naming the file).
+        DataError: an unreadable mask, bad label values (naming the file), or masks that ``mask_threshold: auto``
+            treats differently (some binarised from 0/255, others kept with values above 1: coded differently).
     """
     out: dict[str, dict[int, int]] = {}
+    auto: dict[str, bool] = {}
     items: Any = [r for r in refs if r.has_mask]
     if progress:
         from tqdm.auto import tqdm
 
         items = tqdm(items, desc="counting labels", unit="case", leave=False, disable=None)
     for ref in items:
-        key = _key(ref, cache) if cache is not None else None
+        key = _key(ref, cache, extra) if cache is not None else None
         hit = cache.load_json(key) if key is not None else None
         if isinstance(hit, dict) and "counts" in hit:
             out[ref.case_id] = {int(k): int(v) for k, v in hit["counts"].items()}
-            continue
-        counts = case_label_values(ref)
-        out[ref.case_id] = counts
-        if key is not None:
-            cache.save_json(key, {"case_id": ref.case_id, "counts": {str(k): v for k, v in counts.items()}})
+            flag = hit.get("auto")
+        else:
+            counts, flag = case_label_values(ref, extra)
+            out[ref.case_id] = counts
+            if key is not None:
+                blob = {"case_id": ref.case_id, "counts": {str(k): v for k, v in counts.items()}, "auto": flag}
+                cache.save_json(key, blob)
+        if flag is not None:
+            auto[ref.case_id] = bool(flag)
+    binarised = [c for c, f in auto.items() if f]
+    kept = [c for c, f in auto.items() if not f and max(out[c], default=0) > 1]
+    if binarised and kept:
+        by_id = {r.case_id: r for r in refs}
+        raise DataError(
+            by_id[kept[0]].mask_paths[0],
+            f"mask_threshold 'auto' binarised {len(binarised)} mask(s) holding 255 (e.g. {binarised[0]}) but kept "
+            f"{len(kept)} as they are (this one holds {sorted(out[kept[0]])}): the masks are coded differently; set "
+            "data.options.mask_threshold (e.g. 127) or a label_map",
+            kept[0],
+        )
     return out
 
 
@@ -226,6 +256,7 @@ def resolve_label_set(
     declared_source: str,
     cache: Any = None,
     progress: bool = False,
+    extra: Any = None,
 ) -> tuple[LabelSet, dict[str, dict[int, int]]]:
     """The label set of an experiment over ``refs`` and every case's counts, after checking each case against it.
 
@@ -234,11 +265,12 @@ def resolve_label_set(
         declared: ``{value: name}`` from the config or the dataset, or None to count.
         declared_source: where ``declared`` came from (for messages).
         cache: a cache for the counts (see :func:`count_labels`).
+        extra: the preprocessing's mask rules, applied after the cases' own (see :func:`case_label_values`).
 
     Raises:
         DataError: a case with a value outside the declared set (naming its mask file).
     """
-    counts = count_labels(refs, cache, progress)
+    counts = count_labels(refs, cache, progress, extra)
     if declared is not None:
         ls = LabelSet.from_mapping(declared, declared_source)
         by_id = {r.case_id: r for r in refs}
@@ -267,7 +299,3 @@ def declared_labels(index: Any) -> tuple[dict[int, str] | None, str]:
     if labels:
         return {int(k): str(v) for k, v in labels.items()}, f"declared by the {index.layout} dataset in {index.root}"
     return None, ""
-
-
-def labels_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "labels.json"

@@ -168,7 +168,7 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
 
     metric_cols: list[str] = []
     for col in header:
-        if col in _ID_COLUMNS:
+        if col in _ID_COLUMNS or col.startswith("prob_"):  # a classifier's probabilities describe, not score
             continue
         cells = [r.get(col) for r in rows]
         if any(not (v is None or isinstance(v, float)) for v in cells):

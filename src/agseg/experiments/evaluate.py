@@ -33,6 +33,7 @@ from agseg.metrics import (
     write_csv,
     write_summary_json,
 )
+from agseg.metrics.table import read_csv_table
 
 __all__ = ["case_metrics", "evaluate_folders", "evaluate_run", "pair_masks", "pooled_overlap"]
 
@@ -252,6 +253,11 @@ def _fold_dirs(run_dir: Path) -> list[Path]:
     return sorted(d for d in run_dir.glob("repeat*_fold*") if done(d))
 
 
+def _is_classifier(run: Path) -> bool:
+    meta = run / "model" / "model.json"
+    return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("task") == "classification"
+
+
 def evaluate_run(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -289,6 +295,11 @@ def evaluate_run(
     for m in metrics:
         get_metric(m)
     folds = _fold_dirs(run_dir)
+    if any(_is_classifier(d) for d in [run_dir, *run_dir.glob("repeat*_fold*")]):
+        raise DataError(
+            run_dir, "is a classifier's CV: its per-case table (target, prediction, probabilities) is metrics.csv; "
+            "evaluate --run re-scores segmentation masks"
+        )  # fmt: skip
     if not folds:
         raise DataError(
             run_dir, "no finished fold with predictions/ (expected a CV folder from `agseg cv` or one fold)"
@@ -305,6 +316,10 @@ def evaluate_run(
         label_set = LabelSet.from_bundle(bundle["labels"], bundle.get("class_names"))
         labels = None if label_set.binary else list(label_set.foreground)
         suffixes = label_set.column_suffixes()
+        header = set(read_csv_table(fdir / "metrics.csv")[0])
+        named = any(c.endswith(f"_{x}") for c in header for x in suffixes.values())
+        if labels and not named and any(c.endswith(f"_{v}") for c in header for v in labels):
+            suffixes = {v: str(v) for v in labels}  # a fold scored before class names reached the columns
         # the fold's test cases, as its CV table lists them; ids stay strings ("001" is not 1.0)
         for row in read_csv(fdir / "metrics.csv", text_columns=("model", "case_id")):
             ident = {"model": cfg.name, "repeat": int(row["repeat"]), "fold": int(row["fold"])}

@@ -49,12 +49,12 @@ from agseg.experiments.evaluate import case_metrics
 from agseg.experiments.splits import SplitPlan, load_or_create_splits, make_splits
 from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import ModelBundle
-from agseg.inference.predictor import Predictor, _safe_write
+from agseg.inference.predictor import Predictor, safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
 from agseg.metrics import ID_COLUMNS, summarize, write_csv, write_summary_json
 from agseg.nets.base import uses_deep_supervision
 from agseg.nets.registry import create_model, get_model_spec
-from agseg.runtime import set_threads
+from agseg.runtime import resolve_device, set_threads
 from agseg.tasks import get_task
 from agseg.training.checkpoint import load_state_dict_file, transfer_weights
 from agseg.training.trainer import Trainer, TrainResult
@@ -83,7 +83,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or None,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
@@ -151,7 +151,17 @@ def experiment_label_set(
             values = {t for t in targets.values() if t is not None}
             ls = LabelSet.from_values(values, source=f"classes of {len(counts)} cases")
         return ls, counts
-    return resolve_label_set(list(cases), declared, source, cache, progress=True)
+    return resolve_label_set(list(cases), declared, source, cache, progress=True, extra=_preprocess_mask_rules(cfg))
+
+
+def _preprocess_mask_rules(cfg: ExperimentConfig) -> Any:
+    """The preprocessing's own mask rules (``data.preprocess.mask_threshold`` / ``label_map``), or None."""
+    from agseg.data.labels import MaskSpec
+
+    pre = cfg.data.preprocess
+    if pre.mask_threshold is None and pre.label_map is None:
+        return None
+    return MaskSpec(threshold=pre.mask_threshold, label_map=pre.label_map)
 
 
 def _labels_record(ls: LabelSet, counts: dict[str, dict[int, int]]) -> dict[str, Any]:
@@ -279,6 +289,7 @@ def train_model(
     callbacks: Sequence[Any] | None = None,
     overwrite: bool = False,
     extra_allowed: Sequence[str] = ("train.epochs",),
+    cache: PreprocessCache | None = None,
 ) -> TrainRun:
     """Train ``cfg.model`` on ``train_cases`` (validating on ``val_cases``) into ``run_dir``.
 
@@ -306,9 +317,10 @@ def train_model(
     cfg = _validated(cfg)
     task = get_task(cfg.task)
     run_dir = Path(run_dir)
+    resolve_device(cfg.train.device)  # a device that is not here fails before anything is written
     check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed))
     set_threads(cfg.train.threads)
-    cache = _cache(cfg, run_dir)
+    cache = cache or _cache(cfg, run_dir)
     if label_set is None:
         label_set, counts = experiment_label_set(cfg, [*train_cases, *val_cases], cache, index)
     else:
@@ -420,7 +432,7 @@ def _checked_counts(
             label_set.check([case_target(c)], c.image_paths[0], c.case_id)
             out[c.case_id] = {int(case_target(c)): 1}  # type: ignore[arg-type]
         return out
-    counts = count_labels(cases, cache)
+    counts = count_labels(cases, cache, extra=_preprocess_mask_rules(cfg))
     by_id = {c.case_id: c for c in cases}
     for cid, c in counts.items():
         label_set.check(c.keys(), by_id[cid].mask_paths[0], cid)
@@ -455,7 +467,7 @@ def evaluate_cases(
         row.update(case_metrics(pred.label, case.label, case.geometry.array_spacing, metrics, multi, suffixes))
         rows.append(row)
         if pred_dir is not None:
-            _safe_write(
+            safe_write(
                 ref.image_paths[0], mask_path_for(ref.image_paths[0], pred_dir), pred.label, pred.geometry, True,
                 binary=ls.binary, overwrite=True,  # the fold's own predictions (a rerun of an unfinished fold)
             )  # fmt: skip
@@ -498,9 +510,11 @@ def run_cv(
     t0 = time.perf_counter()
     cfg = _validated(cfg)
     out = Path(out_dir)
+    resolve_device(cfg.train.device)  # a device that is not here fails before anything is written
     check_run_dir(out, cfg, resume=True, overwrite=overwrite)  # a CV folder resumes, with the same settings only
     index = load_index(cfg)
-    label_set, counts = experiment_label_set(cfg, list(index), _cache(cfg, out / "fold"), index)
+    cache = _cache(cfg, out)  # beside the CV folder, shared by its folds
+    label_set, counts = experiment_label_set(cfg, list(index), cache, index)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     _write_json(out / "env.json", environment())
@@ -531,7 +545,7 @@ def run_cv(
                  len(fold.test))  # fmt: skip
         run = train_model(
             cfg, fdir, [by_id[c] for c in fold.train], [by_id[c] for c in fold.val], resume=True,
-            label_set=label_set, index=index, extra_allowed=(),
+            label_set=label_set, index=index, extra_allowed=(), cache=cache,
         )  # fmt: skip
         predictor = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp)
         pred_dir = fdir / "predictions" if cfg.eval.save_predictions else None
@@ -557,9 +571,22 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
 
     rows: list[dict[str, Any]] = []
     done = 0
+    columns: dict[str, list[str]] = {}
     for fold in plan.folds:
         f = out / _fold_name(fold.repeat, fold.fold) / "metrics.csv"
         if f.is_file():
+            from agseg.metrics.table import read_csv_table
+
+            header = [c for c in read_csv_table(f)[0] if c not in ID_COLUMNS]
+            if columns and header != next(iter(columns.values())):
+                first, cols = next(iter(columns.items()))
+                raise DataError(
+                    f,
+                    f"has the metric columns {header}, but {first} has {cols}: the folds were evaluated differently "
+                    "(another agseg version or config?); re-score them with `agseg evaluate --run`, or rerun the fold "
+                    "after deleting its metrics.csv",
+                )
+            columns[str(f)] = header
             for r in read_csv(f, text_columns=("model", "case_id", "predicted_class")):
                 rows.append({**r, "repeat": int(r["repeat"]), "fold": int(r["fold"])})
             done += 1

@@ -61,7 +61,7 @@ class Predictor:
     Args:
         model: the net (eval mode is set here).
         bundle: its :class:`~agseg.inference.bundle.ModelBundle`.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         amp: ``"auto"`` (bf16 on CPUs with AMX/AVX-512 bf16 and on CUDA), ``"bf16"`` or ``"off"``.
         overlap: sliding-window overlap.
         mirror_axes: test-time augmentation by mirroring these spatial axes (array order, 0 the first spatial
@@ -148,6 +148,8 @@ class Predictor:
         fits = patch is None or all(s <= p for s, p in zip(x.shape[1:], patch, strict=False))
         if attention and not fits:
             log.warning("attention maps are only computed for inputs within the training patch; skipped")
+        if attention and not has_attention(self.model):
+            log.warning("%s has no attention gates: no attention maps to write", self.bundle.model_name)
         with_maps = self.task == "classification" or (attention and fits and has_attention(self.model))
         logits, maps = self._logits(x, with_maps)
         probs = logits_to_probs(logits)[0]
@@ -251,7 +253,7 @@ class Predictor:
         mask_path = case.output(out_dir, suffix)
         if self.task == "classification":
             return self._write_attention(case, image, pred, mask_path, written, overwrite) if attention else written
-        written["mask"] = _safe_write(
+        written["mask"] = safe_write(
             path, mask_path, pred.label, pred.geometry, mask=True, binary=self.label_set.binary, overwrite=overwrite
         )
         stem, ext = split_ext(mask_path)
@@ -260,7 +262,7 @@ class Predictor:
             fg = pred.probs[0] if pred.probs.shape[0] == 1 else pred.probs[1:].sum(0)
             arr = np.round(fg * 255).astype(np.uint8) if raster else fg.astype(np.float32)
             target = mask_path.with_name(f"{stem}_prob{ext}")
-            written["probs"] = _safe_write(path, target, arr, pred.geometry, overwrite=overwrite)
+            written["probs"] = safe_write(path, target, arr, pred.geometry, overwrite=overwrite)
         return self._write_attention(case, image, pred, mask_path, written, overwrite) if attention else written
 
     def _write_attention(
@@ -277,7 +279,7 @@ class Predictor:
                 m = a.mean(0)
                 arr = np.round(m * 255).astype(np.uint8) if raster else m.astype(np.float32)
                 target = mask_path.with_name(f"{stem}_att_{name}{ext}")
-                written[f"attention_{name}"] = _safe_write(case.source, target, arr, pred.geometry, overwrite=overwrite)
+                written[f"attention_{name}"] = safe_write(case.source, target, arr, pred.geometry, overwrite=overwrite)
             figure = mask_path.with_name(f"{stem}_attention.png")
             _check_target(case.source, figure, overwrite)
             written["attention_figure"] = plot_attention(
@@ -343,7 +345,7 @@ class Predictor:
             "predicted_class": ls.name_of(int(pred.label)),
         }
         for v, p in zip(ls.values, probs, strict=True):
-            row[f"prob_{ls.column_suffix(v) if v else ls.name_of(0)}"] = float(p)
+            row[f"prob_{ls.column_suffix(v)}"] = float(p)
         return row
 
 
@@ -451,7 +453,7 @@ def _check_not_mask_folder(out: Path, cases: Sequence[PredictInput]) -> None:
             raise DataError(out, f"is the mask folder beside the input folder {images}; write predictions elsewhere")
 
 
-def _safe_write(
+def safe_write(
     source: Path, target: Path, array: np.ndarray, geometry: Geometry, mask: bool = False, binary: bool | None = None,
     overwrite: bool = False,
 ) -> Path:  # fmt: skip

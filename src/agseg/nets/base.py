@@ -104,6 +104,11 @@ class Net(nn.Module):
         """The largest entry of :attr:`min_input_shape` (one number for isotropic nets)."""
         return max(self.min_input_shape)
 
+    @property
+    def has_gates(self) -> bool:
+        """True when :meth:`forward_with_attention` returns attention maps (the net has attention gates)."""
+        return False
+
     def forward_with_attention(self, x: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
         """``(forward(x), maps)``; the base class has no gates, so ``maps`` is empty."""
         return self(x), {}
@@ -175,7 +180,11 @@ def uses_deep_supervision(model: nn.Module) -> bool:
 
 
 def has_attention(model: nn.Module) -> bool:
-    """True when the net can return attention maps (``forward_with_attention``)."""
+    """True when the net returns attention maps: an agseg net with gates (:attr:`Net.has_gates`), or a plain module
+    with a ``forward_with_attention`` method."""
+    net = unwrap(model)
+    if isinstance(net, Net):
+        return bool(net.has_gates)
     return callable(getattr(unwrap(model), "forward_with_attention", None))
 
 

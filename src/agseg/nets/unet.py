@@ -148,6 +148,10 @@ class UNet(SegmentationNet):
         """Logits ``(B, out_channels, *spatial)``; with deep supervision in training mode a list, finest first."""
         return self._run(x)[0]
 
+    @property
+    def has_gates(self) -> bool:
+        return self.skips is not None
+
     def forward_with_attention(self, x: torch.Tensor) -> tuple[Output, dict[str, torch.Tensor]]:
         """``(output, maps)``: output as :meth:`forward`; ``maps`` maps gate name (``"level{l}"``, 0 finest)
         to attention coefficients ``(B, heads, *skip_spatial)`` in [0, 1]. Empty for an ungated net."""

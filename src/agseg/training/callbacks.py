@@ -123,7 +123,8 @@ class TensorBoardLogger(Callback):
 
 class Checkpointer(Callback):
     """``checkpoints/last.pt`` every epoch (the full training state, for resume) and ``checkpoints/best.pt`` (the
-    weights of the epoch with the lowest validation loss). Put it last, so it saves the other callbacks' state."""
+    weights of the epoch with the lowest validation loss). The trainer runs checkpointers after every other
+    callback, so that the state they save includes this epoch's updates."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

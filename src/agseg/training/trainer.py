@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from agseg.config import TrainConfig
+from agseg.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from agseg.nets.base import main_output, spatial_dims_of, task_of, unwrap
 from agseg.runtime import (
     amp_dtype,
@@ -54,9 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "step", "poly")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -121,6 +118,11 @@ def default_loader(sampler: Any = None) -> LoaderFactory:
         data: Dataset, *, shuffle: bool, batch_size: int, epoch: int, seed: int, num_workers: int
     ) -> Iterable[dict[str, Any]]:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        if shuffle:
+            # Skip one draw: agseg 0.1 wrapped the loader in a progress bar whose construction created (and dropped)
+            # one iterator, which took one draw from this generator before the loop. Skipping it keeps the batch
+            # order, so runs made before the callbacks existed reproduce bit for bit and resume on the same path.
+            torch.empty((), dtype=torch.int64).random_(generator=g)
         use_sampler = sampler is not None and shuffle
         if use_sampler and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -237,7 +239,10 @@ class Trainer:
     # ------------------------------------------------------------------ callbacks
     def _emit(self, hook: str, *args: Any) -> None:
         main = is_main_process()
-        for cb in self.callbacks:
+        # checkpointers last, so that they save every other callback's state of this epoch
+        ordered = [c for c in self.callbacks if not isinstance(c, Checkpointer)]
+        ordered += [c for c in self.callbacks if isinstance(c, Checkpointer)]
+        for cb in ordered:
             if main or not cb.main_process_only:
                 getattr(cb, hook)(self, *args)
 
@@ -261,6 +266,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "stopped": self.stop_training,
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "config": self.config_dict,
         }
@@ -287,6 +293,7 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
+        self.stop_training = bool(state.get("stopped", False))  # a run that stopped early stays stopped
         saved = state.get("callbacks") or {}
         for cb in self.callbacks:
             if cb.state_key and cb.state_key in saved:
