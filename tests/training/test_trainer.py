@@ -277,3 +277,13 @@ def test_attention_maps_saved_over_epochs(tmp_path):
         assert z["level1"].shape == (1, 16, 16)  # resampled to the image grid
         assert z["level1"].min() >= 0 and z["level1"].max() <= 1
     assert (tmp_path / "attention" / "evolution_level1.png").is_file()
+
+
+def test_a_time_budget_stops_mid_epoch(tmp_path):
+    from agseg.training.callbacks import TimeBudget
+
+    steps = []
+    tr = make_trainer(tmp_path, lambda e, s: steps.append((e, s)), epochs=5)
+    tr.callbacks.append(TimeBudget(0.0))  # spent at once: training ends after the first optimiser step
+    res = tr.fit()
+    assert steps == [(1, 1)] and res.epochs_run == 1 and res.stopped_early

@@ -48,6 +48,7 @@ __all__ = [
     "EarlyStopping",
     "ProgressPrinter",
     "TensorBoardLogger",
+    "TimeBudget",
     "default_callbacks",
 ]
 
@@ -176,6 +177,28 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+class TimeBudget(Callback):
+    """Stop training once ``seconds`` of wall-clock time have passed since the fit started (checked after every
+    optimiser step; the epoch in progress ends there). For same-budget comparisons between models."""
+
+    main_process_only = False
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.t0 = 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        import time
+
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        import time
+
+        if time.perf_counter() - self.t0 >= self.seconds:
+            trainer.stop_training = True
 
 
 class AttentionSnapshots(Callback):

@@ -345,6 +345,8 @@ class Trainer:
             pending += 1
             if pending == cfg.grad_accum or i + 1 == self.batches_in_epoch:
                 steps, pending = self._step(epoch, steps), 0
+                if self.stop_training:  # a callback (a time budget) ends training mid-epoch
+                    break
             total += loss.item() * x.shape[0]
             score += self.task.quick_score(main_output(out).float(), y) * x.shape[0]
             count += x.shape[0]
