@@ -35,5 +35,6 @@ def demo(
     if res.attention_figure is not None:
         console.print(f"  {res.attention_figure.name}  where the multi-gating net looks on a test case")
     console.print(
-        f"  next: agseg predict {out}/data/cxr --run {out}/attention_multi/repeat0_fold0 --out preds --attention"
+        f"  next: agseg predict {out}/data/cxr --run {out}/attention_multi --out preds --attention"
+        "   (the ensemble of the CV's folds)"
     )
