@@ -471,3 +471,55 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(model2d, 
     one_error_line(res, "something nobody foresaw", "--debug")
     res = runner.invoke(app, ["--debug", "predict", str(img), "--run", str(model2d), "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, RuntimeError)  # the traceback, on request
+
+
+def _vol_dataset(root: Path, shapes, nan_case: int | None = None, ext: str = ".mha") -> Path:
+    for i, shape in enumerate(shapes):
+        _volume(root / "images" / f"c{i}{ext}", shape=shape, nan=i == nan_case)
+        lab = np.zeros(shape, np.uint8)
+        lab[1:3, 2:6, 2:6] = 1
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        img = sitk.GetImageFromArray(lab)
+        img.SetSpacing((0.8, 0.8, 2.0))
+        sitk.WriteImage(img, str(root / "labels" / f"c{i}{ext}"))
+    return root
+
+
+def _vol_cfg(path: Path, data: Path, extra: str = "") -> Path:
+    text = f"data: {{path: {data}{extra}}}\nmodel: {{name: unet, channels: [4, 8]}}\n"
+    path.write_text(text + "train: {epochs: 1, batch_size: 2, amp: 'off'}\ncv: {val_fraction: 0.0}\n")
+    return path
+
+
+def test_a_training_volume_with_a_nan_voxel_is_named_before_any_work(tmp_path):
+    data = _vol_dataset(tmp_path / "d", [(8, 16, 16)] * 4, nan_case=2)
+    res = agseg_cli("train", _vol_cfg(tmp_path / "e.yaml", data), "--out", tmp_path / "run", category=GARBAGE,
+                    case="a training volume (.mha) with one NaN voxel")  # fmt: skip
+    one_error_line(res, "c2.mha", "nan")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cases_of_different_sizes_in_batches_are_named_before_any_work(tmp_path):
+    data = _vol_dataset(tmp_path / "d", [(8, 16, 16), (8, 16, 16), (10, 20, 16), (8, 16, 16)])
+    res = agseg_cli("train", _vol_cfg(tmp_path / "e.yaml", data), "--out", tmp_path / "run", category=GARBAGE,
+                    case="cases of different sizes, batches of 2, no resizing")  # fmt: skip
+    one_error_line(res, "different sizes", "crop_or_pad", "batch_size")
+    assert not (tmp_path / "run").exists()
+    ok = _vol_cfg(tmp_path / "ok.yaml", data, ", preprocess: {crop_or_pad: [8, 16, 16]}")
+    assert runner.invoke(app, ["train", str(ok), "--out", str(tmp_path / "run2")]).exit_code == 0
+
+
+def test_an_rgb_image_among_grey_ones_is_named_before_any_work(tmp_path):
+    root = tmp_path / "d"
+    for i in range(4):
+        _png(root / "images" / f"c{i}.png", size=16, rgb=i == 1)
+        m = np.zeros((16, 16), np.uint8)
+        m[4:8, 4:8] = 255
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(root / "masks" / f"c{i}.png")
+    cfg = tmp_path / "e.yaml"
+    text = f"data: {{path: {root}, preprocess: {{target_size: [16, 16]}}}}\nmodel: {{name: unet, channels: [4, 8]}}\n"
+    cfg.write_text(text + "train: {epochs: 1, batch_size: 2, amp: 'off'}\ncv: {val_fraction: 0.0}\n")
+    res = agseg_cli("train", cfg, "--out", tmp_path / "run", category=GARBAGE, case="an RGB image among grey ones")
+    one_error_line(res, "c1.png", "3 channel(s)", "1")
+    assert not (tmp_path / "run").exists()

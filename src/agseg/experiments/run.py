@@ -321,6 +321,7 @@ def train_model(
     check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed))
     set_threads(cfg.train.threads)
     cache = cache or _cache(cfg, run_dir)
+    check_data(cfg, [*train_cases, *val_cases], cache)
     if label_set is None:
         label_set, counts = experiment_label_set(cfg, [*train_cases, *val_cases], cache, index)
     else:
@@ -406,6 +407,16 @@ def train_model(
         write_summary_json(summarize(rows), run_dir / "summary.json", name=cfg.name, cases="validation",
                            epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds)  # fmt: skip
     return TrainRun(run_dir, trainer.model, bundle, result)
+
+
+def check_data(cfg: ExperimentConfig, cases: Sequence[CaseRef], cache: PreprocessCache | None) -> None:
+    """Read every case once before any work (cached by file signature) and refuse what would fail mid-run: a bad
+    file (named), mixed channel counts, or mixed sizes the preprocessing keeps while batches hold several cases."""
+    from agseg.data.validate import check_cases, check_consistency
+
+    pre, aug = cfg.data.preprocess, cfg.data.augment
+    fixed = bool(pre.target_size or pre.crop_or_pad or (aug is not None and aug.patch_size))
+    check_consistency(cases, check_cases(cases, cache, progress=True), fixed, cfg.train.batch_size)
 
 
 def _channel_patterns(cfg: ExperimentConfig, cases: Sequence[CaseRef]) -> dict[str, list[str]]:
@@ -514,6 +525,7 @@ def run_cv(
     check_run_dir(out, cfg, resume=True, overwrite=overwrite)  # a CV folder resumes, with the same settings only
     index = load_index(cfg)
     cache = _cache(cfg, out)  # beside the CV folder, shared by its folds
+    check_data(cfg, list(index), cache)
     label_set, counts = experiment_label_set(cfg, list(index), cache, index)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
