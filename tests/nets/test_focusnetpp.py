@@ -132,6 +132,7 @@ def test_an_output_at_every_decoder_scale_is_fused():
         kinds = [type(m) for m in h]
         assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.LeakyReLU, nn.Conv2d]  # Conv-BN-LeakyReLU-Conv
         assert h[0].in_channels == c and h[-1].out_channels == 1
+        assert h[0].kernel_size == h[-1].kernel_size == (1, 1)  # they precede a sigmoid (sec. 2)
     assert head.fuse[0].in_channels == 3 * 1  # the concatenated per-scale outputs
     x = torch.randn(2, 3, 24, 40)
     with torch.no_grad():

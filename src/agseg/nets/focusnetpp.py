@@ -3,17 +3,16 @@
 An encoder-decoder of residual group attention blocks (:class:`~agseg.blocks.group_attention.ResGroupAttentionBlock`,
 seed 004 sec. 2.1)::
 
-    x ─ Conv 5x5 ─ RGA(32) ─pool─ RGA(64) ─pool─ RGA(128) ─pool─ RGA(192) ─pool─ RGA(256) ─ Dropout
-                      │              │              │              │                        │
-                      +─ RGA(32) ◀─ up ─ +─ RGA(64) ◀─ up ─ +─ RGA(128) ◀─ up ─ +─ RGA(192) ◀─ up ─┘
-                         │                  │                   │                    │
-                       head_0             head_1              head_2               head_3     Conv-BN-LReLU-Conv
-                         └────────── up-sampled to the input, sigmoid, concatenated ──┘
-                                                 │
-                                       Conv-BN-LReLU-Conv ─▶ logits
+    encoder  e_0 = RGA_32(Conv5x5(x)),   e_l = RGA_{C_l}(maxpool(e_{l-1})),  l = 1..4,   b = Dropout(e_4)
+    decoder  d_3 = RGA_192(e_3 + up(b)),   d_l = RGA_{C_l}(e_l + up(d_{l+1})),  l = 2, 1, 0
+             up(h) = Conv3x3(repeat(h))                                          C_{l+1} -> C_l
+    head     s_l = resize(Conv-BN-LReLU-Conv(d_l)) to the input's grid,  l = 0..3   (per-scale logits)
+             y   = Conv-BN-LReLU-Conv(concat(sigmoid(s_0), ..., sigmoid(s_3)))      (fused logits)
 
-``+`` is an **addition** of the encoder features (the paper: "we add skip connections from the encoder to the
-decoder, rather than concatenating them"), ``up`` repeats every value (nearest-neighbour up-sampling, "we repeat the
+with widths ``C = 32-64-128-192-256`` and ``RGA_C`` a residual group attention block of width ``C``.
+
+``e_l + up(.)`` is an **addition** of the encoder features (the paper: "we add skip connections from the encoder to the
+decoder, rather than concatenating them"), ``repeat`` repeats every value (nearest-neighbour up-sampling, "we repeat the
 values in a kernel from a lower scale into an up-sampling scale and let convolutions learn their values") followed
 by a 3x3(x3) convolution to the skip's width. The parts are those of :mod:`agseg.nets.parts`: ``encoder``
 (:class:`~agseg.nets.parts.Encoder` with ``block="resgroup"``), ``decoder``
