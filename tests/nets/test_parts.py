@@ -27,7 +27,8 @@ def test_head_still_importable_from_unet():
 @pytest.mark.parametrize("name", agseg.list_models())
 def test_every_registered_model_is_a_segmentation_net(name: str):
     depth = len(get_model_spec(name).defaults.get("channels", (64, 128, 256, 512, 1024)))
-    model = agseg.create_model(name, channels=tuple(2 * 2**i for i in range(depth)))
+    # widths a multiple of 4: FocusNet++'s blocks split every width into 4 filter groups
+    model = agseg.create_model(name, channels=tuple(4 * 2**i for i in range(depth)))
     assert isinstance(model, SegmentationNet)
     assert model.task == "segmentation" == get_model_spec(name).task
 
@@ -42,12 +43,13 @@ def test_min_input_shape_is_the_smallest_accepted_input(name: str, spatial_dims:
     assert model.min_input_size == 2 ** (depth - 1)
     assert min_input_shape_of(model, spatial_dims) == model.min_input_shape
     with torch.no_grad():
-        assert model(torch.randn(1, 1, *model.min_input_shape)).shape[2:] == model.min_input_shape
+        c = model.in_channels  # 1 for the U-Nets, 3 (RGB) for FocusNet++
+        assert model(torch.randn(1, c, *model.min_input_shape)).shape[2:] == model.min_input_shape
         for axis in range(spatial_dims):
             shape = list(model.min_input_shape)
             shape[axis] -= 1
             with pytest.raises(ValueError, match="too small"):
-                model(torch.randn(1, 1, *shape))
+                model(torch.randn(1, c, *shape))
 
 
 @pytest.mark.parametrize("name", ["unet", "attention_unet"])

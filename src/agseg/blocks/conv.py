@@ -9,7 +9,10 @@ from torch import nn
 
 from agseg.layers import Conv, ConvTranspose, check_spatial_dims, make_norm, resize_to
 
-__all__ = ["ConvNormAct", "DoubleConv", "UpConv"]
+__all__ = ["UP_MODES", "ConvNormAct", "DoubleConv", "UpConv"]
+
+#: Up-sampling modes of :class:`UpConv`.
+UP_MODES = ("interp", "nearest", "transpose")
 
 
 class ConvNormAct(nn.Sequential):
@@ -78,7 +81,9 @@ class UpConv(nn.Module):
         in_channels: channels of the coarse input.
         out_channels: channels after the convolution (the U-Net halves them).
         mode: ``"interp"``: linear interpolation then a 3x3(x3) convolution with bias and no norm or
-            activation (the thesis' "intermediate single convolution"); ``"transpose"``: a transposed
+            activation (the thesis' "intermediate single convolution"); ``"nearest"``: the same with nearest
+            neighbour up-sampling, which repeats every value ``scale`` times along each axis (FocusNet++'s "repeat
+            the values ... and let convolutions learn their values", seed 004 sec. 2); ``"transpose"``: a transposed
             convolution with kernel = stride = ``scale``, resampled to the target grid when sizes are odd.
         scale: the up-sampling factor, an int or one per axis (the pool size it undoes, e.g. ``(1, 2, 2)`` for
             anisotropic 3D data); only the transposed convolution depends on it, interpolation always goes to
@@ -98,13 +103,13 @@ class UpConv(nn.Module):
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
-        if mode not in ("interp", "transpose"):
-            raise ValueError(f"unknown up-sampling mode {mode!r}; valid: interp, transpose")
+        if mode not in UP_MODES:
+            raise ValueError(f"unknown up-sampling mode {mode!r}; valid: {', '.join(UP_MODES)}")
         factors = (scale,) * spatial_dims if isinstance(scale, int) else tuple(int(s) for s in scale)
         if len(factors) != spatial_dims or min(factors) < 1:
             raise ValueError(f"scale must be an int >= 1 or {spatial_dims} of them, got {scale!r}")
         self.mode = mode
-        if mode == "interp":
+        if mode in ("interp", "nearest"):
             self.conv = Conv[spatial_dims](in_channels, out_channels, 3, padding=1)
         else:
             kernel = scale if isinstance(scale, int) else factors
@@ -113,4 +118,6 @@ class UpConv(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         if self.mode == "interp":
             return self.conv(resize_to(x, size))
+        if self.mode == "nearest":
+            return self.conv(resize_to(x, size, mode="nearest"))
         return resize_to(self.conv(x), size)

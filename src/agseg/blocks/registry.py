@@ -11,7 +11,8 @@ its own factory::
 
     net = create_model("unet", block="my_block")
 
-Registered here: ``"double_conv"`` (:class:`~agseg.blocks.conv.DoubleConv`, the U-Net block).
+Registered here: ``"double_conv"`` (:class:`~agseg.blocks.conv.DoubleConv`, the U-Net block) and ``"resgroup"``
+(:class:`~agseg.blocks.group_attention.ResGroupAttentionBlock`, FocusNet++'s residual group attention block).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from agseg.blocks.conv import DoubleConv
+from agseg.blocks.group_attention import ResGroupAttentionBlock
 
 __all__ = ["BlockFactory", "get_block", "list_blocks", "make_block", "register_block", "unregister_block"]
 
@@ -91,3 +93,4 @@ def make_block(
 
 
 register_block("double_conv", DoubleConv)
+register_block("resgroup", ResGroupAttentionBlock)

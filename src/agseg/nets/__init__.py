@@ -1,8 +1,9 @@
 """Networks. Importing this package registers every net with :mod:`agseg.nets.registry`."""
 
-from agseg.nets import attention_unet, unet  # noqa: F401  (registration side effects)
+from agseg.nets import attention_unet, focusnetpp, unet  # noqa: F401  (registration side effects)
 from agseg.nets.attention_unet import AttentionUNet
 from agseg.nets.base import SegmentationNet
+from agseg.nets.focusnetpp import FocusNetPP, MultiScaleFusionHead
 from agseg.nets.parts import AttentionSkips, DeepSupervisionHead, Encoder, UNetDecoder
 from agseg.nets.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
 from agseg.nets.unet import UNet
@@ -12,7 +13,9 @@ __all__ = [
     "AttentionUNet",
     "DeepSupervisionHead",
     "Encoder",
+    "FocusNetPP",
     "ModelSpec",
+    "MultiScaleFusionHead",
     "SegmentationNet",
     "UNet",
     "UNetDecoder",

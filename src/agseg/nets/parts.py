@@ -26,6 +26,7 @@ from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
 
 __all__ = [
     "GATINGS",
+    "MERGES",
     "AttentionSkips",
     "DeepSupervisionHead",
     "Encoder",
@@ -43,6 +44,8 @@ Output = torch.Tensor | list[torch.Tensor]
 SkipFn = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 GATINGS = ("single", "multi")
+#: How :class:`UNetDecoder` merges a skip with the up-sampled features.
+MERGES = ("concat", "add")
 
 PoolSizes = Sequence[int | Sequence[int]]
 
@@ -144,19 +147,24 @@ class Encoder(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """The U-Net expanding path: per level, up-sampling to the skip's exact grid, concatenation, a block.
+    """The U-Net expanding path: per level, up-sampling to the skip's exact grid, merging with the skip, a block.
 
     Level ``l`` (0 finest, ``L - 2`` the coarsest skip) takes the decoder output one level coarser (the bottleneck
     for the coarsest), up-samples it with an :class:`~agseg.blocks.conv.UpConv` that halves the channels to
-    ``channels[l]``, concatenates ``[skip', up]`` and applies a block ``2 * channels[l] -> channels[l]``.
+    ``channels[l]``, merges it with the skip and applies a block: with ``merge="concat"`` (the U-Net)
+    ``[skip', up]`` and a block ``2 * channels[l] -> channels[l]``; with ``merge="add"`` (FocusNet++, seed 004
+    sec. 2: "we add skip connections from the encoder to the decoder, rather than concatenating them")
+    ``skip' + up`` and a block ``channels[l] -> channels[l]``.
 
     Args:
         spatial_dims: 2 or 3.
         channels: widths per level, finest first, as the encoder's (the last one the bottleneck).
         block: a registered block name or a factory.
-        up_mode: ``"interp"`` (interpolation + 3x3 conv) or ``"transpose"`` (transposed conv).
+        up_mode: ``"interp"`` (linear interpolation + 3x3 conv), ``"nearest"`` (repetition + 3x3 conv) or
+            ``"transpose"`` (transposed conv).
         norm: ``"batch"``, ``"instance"`` or ``"none"``.
         pool_sizes: the encoder's pool sizes; the transposed convolutions undo them axis by axis.
+        merge: ``"concat"`` or ``"add"`` (see above).
 
     Attributes:
         ups: ``nn.ModuleList``, ``ups[l]`` brings level ``l + 1`` to level ``l``.
@@ -174,21 +182,25 @@ class UNetDecoder(nn.Module):
         up_mode: str = "interp",
         norm: str = "batch",
         pool_sizes: PoolSizes | None = None,
+        merge: str = "concat",
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
             raise ValueError(f"a decoder needs at least 2 levels (one skip and the bottleneck), got {channels}")
+        if merge not in MERGES:
+            raise ValueError(f"unknown skip merge {merge!r}; valid: {', '.join(MERGES)}")
         n_skips = len(channels) - 1
-        self.spatial_dims, self.channels = spatial_dims, channels
+        self.spatial_dims, self.channels, self.merge = spatial_dims, channels, merge
+        widen = 2 if merge == "concat" else 1
         self.pool_sizes = normalize_pool_sizes(spatial_dims, n_skips, pool_sizes)
         self.ups = nn.ModuleList(
             UpConv(spatial_dims, channels[i + 1], channels[i], up_mode, scale=_kernel(self.pool_sizes[i]))
             for i in range(n_skips)
         )
         self.blocks = nn.ModuleList(
-            make_block(block, spatial_dims, 2 * channels[i], channels[i], norm=norm) for i in range(n_skips)
+            make_block(block, spatial_dims, widen * channels[i], channels[i], norm=norm) for i in range(n_skips)
         )
 
     def forward(
@@ -201,8 +213,8 @@ class UNetDecoder(nn.Module):
 
         Args:
             features: the encoder's features per level, finest first, the last one the bottleneck.
-            skip_fn: ``skip_fn(level, skip, coarse) -> (skip', alpha or None)``, the skip to concatenate at
-                ``level``; identity when ``None``.
+            skip_fn: ``skip_fn(level, skip, coarse) -> (skip', alpha or None)``, the skip to merge at ``level``;
+                identity when ``None``.
             attention: if given, every ``alpha`` that ``skip_fn`` returns is stored as ``attention["level{l}"]``.
         """
         if len(features) != len(self.channels):
@@ -215,7 +227,8 @@ class UNetDecoder(nn.Module):
                 skip, alpha = skip_fn(level, skip, h)
                 if alpha is not None and attention is not None:
                     attention[f"level{level}"] = alpha
-            h = self.blocks[level](torch.cat([skip, self.ups[level](h, skip.shape[2:])], dim=1))
+            up = self.ups[level](h, skip.shape[2:])
+            h = self.blocks[level](torch.cat([skip, up], dim=1) if self.merge == "concat" else skip + up)
             outs.append(h)
         return outs[::-1]
 
