@@ -26,6 +26,7 @@ from agseg.nets.parts import (
     Output,
     PoolSizes,
     UNetDecoder,
+    check_input,
 )
 from agseg.nets.registry import register_model
 
@@ -112,29 +113,7 @@ class UNet(SegmentationNet):
         return self.encoder.min_input_shape
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"expected a {self.spatial_dims + 2}D input (B, C, {', '.join('XYZ'[: self.spatial_dims])}) for a "
-                f"{self.spatial_dims}D net, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
-        spatial, minimum = tuple(x.shape[2:]), self.min_input_shape
-        small = [a for a, (s, m) in enumerate(zip(spatial, minimum, strict=True)) if s < m]
-        if not small:
-            return
-        levels = len(self.channels)
-        if all(p == 2 for sizes in self.pool_sizes for p in sizes):
-            raise ValueError(
-                f"input spatial size {spatial} is too small for {levels} levels: every side must be at least "
-                f"{minimum[0]} (2 ** (levels - 1)); too small along axis {', '.join(map(str, small))}"
-            )
-        detail = "; ".join(f"axis {a} must be at least {minimum[a]}, got {spatial[a]}" for a in small)
-        raise ValueError(
-            f"input spatial size {spatial} is too small for {levels} levels with pool_sizes "
-            f"{[list(p) for p in self.pool_sizes]}: {detail} (the minimum per axis is {minimum}, the product of the "
-            f"pool sizes along it)"
-        )
+        check_input(x, self.spatial_dims, self.in_channels, self.min_input_shape, self.pool_sizes)
 
     def _run(self, x: torch.Tensor) -> tuple[Output, dict[str, torch.Tensor]]:
         self._check_input(x)
