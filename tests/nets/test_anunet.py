@@ -10,6 +10,7 @@ import torch
 import agseg
 from agseg.losses import create_loss
 from agseg.nets.anunet import ANUNet
+from agseg.nets.base import prune_model, pruning_levels_of
 from agseg.nets.parts import NestedDecoder
 from agseg.nets.summary import count_flops, count_parameters, summarize
 
@@ -167,7 +168,7 @@ def test_attention_maps_name_every_gate_and_start_open(spatial_dims: int):
     for name, alpha in maps.items():
         row = int(name.removeprefix("node").split("_")[0])
         assert alpha.shape == (2, 2, *grids[row])
-        assert 0.9 <= alpha.min() and alpha.max() <= 1, f"{name}: gates must start open"
+        assert alpha.min() >= 0.9 and alpha.max() <= 1, f"{name}: gates must start open"
     closed = agseg.create_model("anunet", channels=(4, 8, 16), gate_init="default").eval()
     with torch.no_grad():
         _, maps = closed.forward_with_attention(torch.randn(2, 1, 16, 16))
@@ -372,3 +373,19 @@ def test_clear_errors_for_wrong_inputs():
         agseg.create_model("anunet", channels=(4, 8), up_mode="pixelshuffle")
     with pytest.raises(ValueError, match="at least 2 rows"):
         agseg.create_model("anunet", channels=(4,))
+
+
+def test_pruning_through_the_net_contract():
+    net = tiny(2).eval()
+    wrapped = torch.nn.DataParallel(net)  # the helpers look through DDP/DataParallel/compile wrappers
+    assert pruning_levels_of(wrapped) == (1, 2, 3, 4) == net.pruning_levels
+    assert pruning_levels_of(net.prune(2)) == (2,)
+    x = odd_input(net, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(prune_model(wrapped, 2)(x), net.forward_levels(x)[2], rtol=0, atol=0)
+    unet = agseg.create_model("unet", channels=(4, 8))
+    assert pruning_levels_of(unet) == () and pruning_levels_of(torch.nn.Conv2d(1, 1, 1)) == ()
+    with pytest.raises(ValueError, match="UNet cannot be pruned"):
+        prune_model(unet, 1)
+    with pytest.raises(ValueError, match="cannot be pruned"):
+        unet.prune(1)

@@ -172,6 +172,11 @@ class ANUNet(SegmentationNet):
         """The constructor's arguments, resolved (``create_model("anunet", **net.init_kwargs)`` rebuilds the net)."""
         return dict(self._init_kwargs)
 
+    @property
+    def pruning_levels(self) -> tuple[int, ...]:
+        """The levels :meth:`prune` accepts: those with a head (:attr:`output_levels`)."""
+        return self.output_levels
+
     def head_index(self, level: int) -> int:
         """Index in ``head.heads`` of the head on ``X^{0,level}``."""
         return self.level - self._check_level(level)
