@@ -5,14 +5,14 @@ The net is an :class:`~agseg.nets.parts.Encoder` (the backbone column ``X^{i,0}`
 attention gate driven by the up-sampled coarser node) and a :class:`~agseg.nets.parts.DeepSupervisionHead` with a
 1x1(x1) head on every first-row node ``X^{0,1..L}`` (deep supervision, seed 002 Fig. 5)::
 
-    row 0   X00 ──▶ X01 ──▶ X02 ──▶ X03 ──▶ X04      heads on X01..X04 (ANU-Net L1..L4)
-             │    ↗  │    ↗  │    ↗  │    ↗
-    row 1   X10 ──▶ X11 ──▶ X12 ──▶ X13              ──▶ : same-row skips (dense: X^{i,j} takes all X^{i,k<j}),
-             │    ↗  │    ↗  │    ↗                        each through its own gate driven by the ↗ input
-    row 2   X20 ──▶ X21 ──▶ X22                      ↗   : up-sampling of X^{i+1,j-1}
-             │    ↗  │    ↗                          │   : max-pooling (the encoder)
-    row 3   X30 ──▶ X31
-             │    ↗
+    row 0   X00 ──▶ X01 ──▶ X02 ──▶ X03 ──▶ X04        heads on X01..X04: ANU-Net L1..L4
+             ↓    ↗       ↗       ↗       ↗
+    row 1   X10 ──▶ X11 ──▶ X12 ──▶ X13                ↓    max-pooling (the encoder column X^{i,0})
+             ↓    ↗       ↗       ↗                    ↗    up-sampling of X^{i+1,j-1} into X^{i,j}: u^{i,j}
+    row 2   X20 ──▶ X21 ──▶ X22                        ──▶  same-row skips, dense: X^{i,j} receives every
+             ↓    ↗       ↗                                 X^{i,k}, k < j, each through its own gate
+    row 3   X30 ──▶ X31                                     driven by u^{i,j}
+             ↓    ↗
     row 4   X40
 
 Pruning (seed 002 Fig. 6): the level-``l`` output ``X^{0,l}`` depends only on the nodes ``X^{i,j}`` with
