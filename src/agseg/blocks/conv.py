@@ -1,4 +1,5 @@
-"""Convolution blocks shared by every net: conv-norm-act, the U-Net double convolution, up-sampling."""
+"""Convolution blocks shared by every net: conv-norm-act, the U-Net double convolution, up-sampling (with a
+convolution, :class:`UpConv`, or without, :class:`Resize`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from agseg.layers import Conv, ConvTranspose, check_spatial_dims, make_norm, resize_to
 
-__all__ = ["UP_MODES", "ConvNormAct", "DoubleConv", "UpConv"]
+__all__ = ["UP_MODES", "ConvNormAct", "DoubleConv", "Resize", "UpConv"]
 
 #: Up-sampling modes of :class:`UpConv`.
 UP_MODES = ("interp", "nearest", "transpose")
@@ -121,3 +122,14 @@ class UpConv(nn.Module):
         if self.mode == "nearest":
             return self.conv(resize_to(x, size, mode="nearest"))
         return resize_to(self.conv(x), size)
+
+
+class Resize(nn.Module):
+    """Parameter-free up-sampling to a given grid: linear (bi/trilinear) interpolation, channels unchanged.
+
+    UNet++ (Zhou et al. 2018) up-samples the coarser node this way before the concatenation; :class:`UpConv` adds a
+    convolution after it. Same call as :class:`UpConv`: ``forward(x (B, C, *S), size) -> (B, C, *size)``.
+    """
+
+    def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        return resize_to(x, size)

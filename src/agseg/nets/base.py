@@ -13,6 +13,9 @@ Contract:
     ``min_input_shape``: the smallest spatial size per axis the net accepts (``min_input_size``: its maximum).
     ``forward_with_attention(x) -> (output, maps)``: ``maps`` maps gate names to ``(B, heads, *grid)`` in [0, 1];
     empty for a net without gates.
+    ``pruning_levels``, ``prune(level)``: the levels a net can be pruned to at inference (ANU-Net, seed 002) and a
+    new, smaller standalone net that computes only the level-``level`` output; empty / a ``ValueError`` for a net
+    that cannot be pruned. :func:`prune_model` and :func:`pruning_levels_of` also take wrapped nets.
 
 Parameter names of older layouts: a net whose modules were renamed lists ``(pattern, replacement)`` regular
 expressions in :attr:`Net.legacy_renames`; :meth:`Net.legacy_keys` applies them, and every ``load_state_dict``
@@ -37,6 +40,8 @@ __all__ = [
     "has_attention",
     "main_output",
     "min_input_shape_of",
+    "prune_model",
+    "pruning_levels_of",
     "spatial_dims_of",
     "task_of",
     "unwrap",
@@ -113,6 +118,19 @@ class Net(nn.Module):
         """``(forward(x), maps)``; the base class has no gates, so ``maps`` is empty."""
         return self(x), {}
 
+    @property
+    def pruning_levels(self) -> tuple[int, ...]:
+        """The levels :meth:`prune` accepts, ascending; empty for a net that cannot be pruned (the base class)."""
+        return ()
+
+    def prune(self, level: int) -> Net:
+        """A new standalone net that computes only the level-``level`` output (see the nets that support it).
+
+        Raises:
+            ValueError: always for a net without :attr:`pruning_levels`.
+        """
+        raise ValueError(f"{type(self).__name__} cannot be pruned (no pruning levels); ANU-Net (anunet) can")
+
 
 class SegmentationNet(Net):
     """A net whose output is per-voxel logits ``(B, out_channels, *spatial)`` (a list with deep supervision)."""
@@ -186,6 +204,24 @@ def has_attention(model: nn.Module) -> bool:
     if isinstance(net, Net):
         return bool(net.has_gates)
     return callable(getattr(unwrap(model), "forward_with_attention", None))
+
+
+def pruning_levels_of(model: nn.Module) -> tuple[int, ...]:
+    """The levels ``model`` can be pruned to (:attr:`Net.pruning_levels`); empty for other modules."""
+    net = unwrap(model)
+    return tuple(net.pruning_levels) if isinstance(net, Net) else ()
+
+
+def prune_model(model: nn.Module, level: int) -> Net:
+    """``model.prune(level)`` for a net inside any wrapper: a new standalone net for the level-``level`` output.
+
+    Raises:
+        ValueError: the net cannot be pruned, or not to ``level`` (the message lists the levels it has).
+    """
+    net = unwrap(model)
+    if not isinstance(net, Net) or not net.pruning_levels:
+        raise ValueError(f"{type(net).__name__} cannot be pruned (no pruning levels); ANU-Net (anunet) can")
+    return net.prune(level)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

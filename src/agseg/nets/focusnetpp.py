@@ -52,9 +52,8 @@ from torch import nn
 from agseg.blocks.group_attention import ResGroupAttentionBlock
 from agseg.layers import Conv, check_spatial_dims, make_norm, resize_to
 from agseg.nets.base import SegmentationNet
-from agseg.nets.parts import Encoder, Output, PoolSizes, UNetDecoder
+from agseg.nets.parts import Encoder, Output, PoolSizes, UNetDecoder, check_input
 from agseg.nets.registry import register_model
-from agseg.nets.unet import check_input
 
 __all__ = ["PAPER_TABLES", "FocusNetPP", "MultiScaleFusionHead"]
 
@@ -232,7 +231,7 @@ class FocusNetPP(SegmentationNet):
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(encoder features, decoder outputs)``, both finest first; the bottleneck (last encoder feature)
         after dropout."""
-        check_input(self, x)
+        check_input(x, self.spatial_dims, self.in_channels, self.min_input_shape, self.pool_sizes)
         feats = self.encoder(self.stem(x))
         feats[-1] = self.dropout(feats[-1])
         return feats, self.decoder(feats)

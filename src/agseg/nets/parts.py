@@ -3,9 +3,10 @@
 A net is an :class:`Encoder` (a block per level, down-sampling between levels), a decoder (:class:`UNetDecoder`:
 up-sampling to the skip's exact grid, concatenation, a block per level), an optional skip-processing part
 (:class:`AttentionSkips`: the Attention U-Net's gates) and a :class:`DeepSupervisionHead`, as
-segmentation_models_pytorch builds its models. New architectures are new parts: a nested decoder (UNet++/ANU-Net)
-takes the same encoder features, a residual group-attention block (FocusNet++) is a new entry of the block
-registry (:mod:`agseg.blocks.registry`) passed as ``block=``.
+segmentation_models_pytorch builds its models. New architectures are new parts: the nested decoder of UNet++ and
+ANU-Net (:class:`NestedDecoder`, with its own attention gates) takes the same encoder features, a residual
+group-attention block (FocusNet++) is a new entry of the block registry (:mod:`agseg.blocks.registry`) passed as
+``block=``.
 
 Pool sizes: ``pool_sizes`` has one entry per down-sampling step (``len(channels) - 1``), each an int or one int
 per axis, e.g. ``[(1, 2, 2), (2, 2, 2), 2]`` for 3D data whose first axis is coarse; the default is 2 everywhere.
@@ -20,20 +21,23 @@ import torch
 from torch import nn
 
 from agseg.blocks.attention_gate import AttentionGateBlock
-from agseg.blocks.conv import ConvNormAct, UpConv
+from agseg.blocks.conv import ConvNormAct, Resize, UpConv
 from agseg.blocks.registry import BlockFactory, make_block
 from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
 
 __all__ = [
     "GATINGS",
     "MERGES",
+    "NESTED_UP_MODES",
     "AttentionSkips",
     "DeepSupervisionHead",
     "Encoder",
+    "NestedDecoder",
     "Output",
     "PoolSizes",
     "SkipFn",
     "UNetDecoder",
+    "check_input",
     "min_shape",
     "normalize_pool_sizes",
 ]
@@ -373,3 +377,188 @@ class DeepSupervisionHead(nn.Module):
         if self.fuse is not None:
             outs.insert(0, self.fuse(torch.cat(outs, dim=1)))
         return outs if self.training else outs[0]
+
+
+def check_input(
+    x: torch.Tensor,
+    spatial_dims: int,
+    in_channels: int,
+    min_input_shape: Sequence[int],
+    pool_sizes: Sequence[Sequence[int]],
+) -> None:
+    """Raise a ``ValueError`` that says what is wrong when ``x`` is not a valid input of an encoder-decoder net.
+
+    Args:
+        x: the input, expected ``(B, in_channels, *spatial)`` with ``spatial_dims`` spatial axes.
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        min_input_shape: the smallest spatial size per axis (the per-axis product of the pool sizes).
+        pool_sizes: per-axis pool sizes, one tuple per down-sampling step (``levels = len(pool_sizes) + 1``).
+    """
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(
+            f"expected a {spatial_dims + 2}D input (B, C, {', '.join('XYZ'[:spatial_dims])}) for a "
+            f"{spatial_dims}D net, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(f"expected {in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+    spatial, minimum = tuple(x.shape[2:]), tuple(min_input_shape)
+    small = [a for a, (s, m) in enumerate(zip(spatial, minimum, strict=True)) if s < m]
+    if not small:
+        return
+    levels = len(pool_sizes) + 1
+    if all(p == 2 for sizes in pool_sizes for p in sizes):
+        raise ValueError(
+            f"input spatial size {spatial} is too small for {levels} levels: every side must be at least "
+            f"{minimum[0]} (2 ** (levels - 1)); too small along axis {', '.join(map(str, small))}"
+        )
+    detail = "; ".join(f"axis {a} must be at least {minimum[a]}, got {spatial[a]}" for a in small)
+    raise ValueError(
+        f"input spatial size {spatial} is too small for {levels} levels with pool_sizes "
+        f"{[list(p) for p in pool_sizes]}: {detail} (the minimum per axis is {minimum}, the product of the "
+        f"pool sizes along it)"
+    )
+
+
+#: Up-sampling of the coarser node in :class:`NestedDecoder`: ``"interp"`` (interpolation + 3x3 conv to the row's
+#: width, agseg's U-Net), ``"transpose"`` (transposed conv to the row's width), ``"resize"`` (interpolation only, the
+#: coarser node's width is kept: UNet++).
+NESTED_UP_MODES = ("interp", "transpose", "resize")
+
+#: A node ``X^{i,j}`` of the nested grid: ``(row i, column j)``; row 0 is the finest, column 0 the encoder.
+Node = tuple[int, int]
+
+
+class NestedDecoder(nn.Module):
+    """UNet++'s nested, dense skip paths (Zhou et al. 2018) with ANU-Net's attention gates (seed 002).
+
+    The nodes ``X^{i,j}`` form a triangle over the encoder's features: row ``i`` (0 finest) is encoder level ``i``'s
+    grid and width ``channels[i]``, column ``j`` its ``j``-th convolution; column 0 is the encoder
+    (``X^{i,0} = f_i``). With ``L = len(channels) - 1``, every node with ``j >= 1`` and ``i + j <= L`` is::
+
+        u^{i,j} = up^{i,j}(X^{i+1,j-1})                          to row i's exact grid (odd sizes work)
+        X^{i,j} = block^{i,j}([A^{i,j}_0(X^{i,0}; u^{i,j}), ..., A^{i,j}_{j-1}(X^{i,j-1}; u^{i,j}), u^{i,j}])
+
+    ``A^{i,j}_k(x; g)`` is an attention gate on the same-row skip ``X^{i,k}`` driven by the up-sampled coarser node
+    ``u^{i,j}``, the very tensor that is concatenated (seed 002: "the gate signal (g), e.g. X2_1 [...] which is an
+    upsampled feature", "the encoded feature (f), e.g. X1_1"); with ``attention=False`` ``A`` is the identity and the
+    decoder is UNet++'s. One gate per (node, skip) pair, our reading where seed 002 is ambiguous: every skip a node
+    receives is gated by that node's own signal, so ``X^{1,0}`` is gated by ``u^{1,1}`` for ``X^{1,1}`` and again,
+    by another gate, by ``u^{1,2}`` for ``X^{1,2}``. The alternatives: one gate per node over the concatenated skips
+    (one map shared by skips of different depth), or one gate per source node whose output every later node reuses
+    (a later node then sees its skips gated by older, coarser-column signals, not by its own). The gate is
+    :class:`~agseg.blocks.attention_gate.AttentionGateBlock` at the skip's full resolution (``sub_sample = 1``: its
+    gating signal is already on the skip's grid), open at initialisation by default.
+
+    Counts for ``L`` levels: ``L (L + 1) / 2`` nested nodes (``(L + 1)(L + 2) / 2`` with the encoder column), one
+    up-sampling per nested node, and ``sum_j j (L + 1 - j) = L (L + 1)(L + 2) / 6`` gates (20 for L = 4).
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: widths per row, finest first, as the encoder's (the last one the bottleneck row ``X^{L,0}``).
+        block: the conv block of every nested node (a registered name or a factory).
+        up_mode: one of :data:`NESTED_UP_MODES`.
+        norm: ``"batch"``, ``"instance"`` or ``"none"`` (blocks and the gates' output transforms).
+        pool_sizes: the encoder's pool sizes (the transposed convolutions undo them axis by axis).
+        attention: gate every skip (ANU-Net); ``False``: UNet++.
+        attention_heads: sub-gates per gate (multi-dimensional attention, seed 003 sec. 2.2.1).
+        inter_ratio: the gates' intermediate channels as a fraction of the skip's channels.
+        gate_init: ``"open"`` or ``"default"`` (see :class:`~agseg.blocks.attention_gate.GridAttentionGate`).
+
+    Attributes:
+        ups: ``nn.ModuleDict``, ``ups["i_j"]`` brings ``X^{i+1,j-1}`` to row ``i`` for node ``X^{i,j}``.
+        blocks: ``nn.ModuleDict``, ``blocks["i_j"]`` the block of node ``X^{i,j}``.
+        gates: ``nn.ModuleDict`` of ``nn.ModuleList``: ``gates["i_j"][k]`` gates ``X^{i,k}`` for ``X^{i,j}``
+            (empty without attention).
+        nodes: the nested nodes ``(i, j)`` in the order they are computed (column by column, finest row first).
+
+    Shapes: ``forward(features)`` with the encoder's ``[f_0 (B, channels[0], *S_0), ..., f_L]`` returns every node
+    ``{(i, j): (B, channels[i], *S_i)}``, the encoder column included.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: Sequence[int],
+        block: str | BlockFactory = "double_conv",
+        up_mode: str = "interp",
+        norm: str = "batch",
+        pool_sizes: PoolSizes | None = None,
+        attention: bool = True,
+        attention_heads: int = 1,
+        inter_ratio: float = 0.5,
+        gate_init: str = "open",
+    ) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        c = tuple(int(ch) for ch in channels)
+        if len(c) < 2:
+            raise ValueError(f"a nested decoder needs at least 2 rows (channels), got {c}")
+        if up_mode not in NESTED_UP_MODES:
+            raise ValueError(f"unknown up-sampling mode {up_mode!r}; valid: {', '.join(NESTED_UP_MODES)}")
+        if inter_ratio <= 0:
+            raise ValueError(f"inter_ratio must be > 0, got {inter_ratio}")
+        depth = len(c) - 1
+        self.spatial_dims, self.channels, self.depth = spatial_dims, c, depth
+        self.up_mode, self.attention = up_mode, bool(attention)
+        self.pool_sizes = normalize_pool_sizes(spatial_dims, depth, pool_sizes)
+        self.nodes: tuple[Node, ...] = tuple((i, j) for j in range(1, depth + 1) for i in range(depth + 1 - j))
+        self.ups = nn.ModuleDict()
+        self.blocks = nn.ModuleDict()
+        self.gates = nn.ModuleDict()
+        for i, j in self.nodes:
+            key = f"{i}_{j}"
+            if up_mode == "resize":
+                self.ups[key] = Resize()
+                up_channels = c[i + 1]
+            else:
+                self.ups[key] = UpConv(spatial_dims, c[i + 1], c[i], up_mode, scale=_kernel(self.pool_sizes[i]))
+                up_channels = c[i]
+            self.blocks[key] = make_block(block, spatial_dims, j * c[i] + up_channels, c[i], norm=norm)
+            if self.attention:
+                self.gates[key] = nn.ModuleList(
+                    AttentionGateBlock(
+                        spatial_dims,
+                        c[i],
+                        up_channels,
+                        inter_channels=max(1, round(c[i] * inter_ratio)),
+                        heads=attention_heads,
+                        sub_sample=1,
+                        init=gate_init,
+                        norm=norm,
+                    )
+                    for _ in range(j)
+                )
+
+    @staticmethod
+    def gate_name(row: int, column: int, skip: int) -> str:
+        """The attention map name of the gate on skip ``X^{row,skip}`` feeding node ``X^{row,column}``."""
+        return f"node{row}_{column}_skip{skip}"
+
+    def forward(
+        self, features: Sequence[torch.Tensor], attention: dict[str, torch.Tensor] | None = None
+    ) -> dict[Node, torch.Tensor]:
+        """Every node of the grid, ``{(i, j): X^{i,j}}``, the encoder column ``(i, 0)`` included.
+
+        Args:
+            features: the encoder's features per level, finest first, the last one the bottleneck.
+            attention: if given, the gates' coefficients are stored as ``attention[gate_name(i, j, k)]``,
+                ``(B, heads, *S_i)`` in [0, 1].
+        """
+        if len(features) != len(self.channels):
+            raise ValueError(f"expected {len(self.channels)} feature maps (one per row), got {len(features)}")
+        x: dict[Node, torch.Tensor] = {(i, 0): f for i, f in enumerate(features)}
+        for i, j in self.nodes:
+            key = f"{i}_{j}"
+            skips = [x[(i, k)] for k in range(j)]
+            u = self.ups[key](x[(i + 1, j - 1)], skips[0].shape[2:])
+            if self.attention:
+                gated = []
+                for k, (gate, skip) in enumerate(zip(self.gates[key], skips, strict=True)):
+                    y, alpha = gate(skip, u)
+                    gated.append(y)
+                    if attention is not None:
+                        attention[self.gate_name(i, j, k)] = alpha
+                skips = gated
+            x[(i, j)] = self.blocks[key](torch.cat([*skips, u], dim=1))
+        return x

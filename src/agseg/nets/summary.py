@@ -7,6 +7,7 @@ memory or compute.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from agseg.nets.registry import create_model
 
-__all__ = ["ModelSummary", "count_parameters", "paper_table1", "parse_shape", "summarize"]
+__all__ = ["ModelSummary", "count_flops", "count_parameters", "paper_table1", "parse_shape", "summarize"]
 
 
 @dataclass
@@ -37,6 +38,16 @@ class ModelSummary:
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: torch.nn.Module, input_shape: Sequence[int]) -> int:
+    """Forward FLOPs of a built ``model`` in eval mode for an input of ``input_shape`` ``(B, C, *spatial)``, counted
+    on a ``meta``-device copy (the model itself is left as it is; nothing is computed). For nets that exist only as
+    instances, e.g. ``ANUNet.prune(level)``; registered nets by name: :func:`summarize`."""
+    net = copy.deepcopy(model).to("meta").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.empty(tuple(int(s) for s in input_shape), device="meta"))
+    return int(counter.get_total_flops())
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

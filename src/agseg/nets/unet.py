@@ -26,10 +26,11 @@ from agseg.nets.parts import (
     Output,
     PoolSizes,
     UNetDecoder,
+    check_input,
 )
 from agseg.nets.registry import register_model
 
-__all__ = ["DeepSupervisionHead", "UNet", "check_input"]
+__all__ = ["DeepSupervisionHead", "UNet"]
 
 #: Parameter names before the nets were split into parts (commit 45bf0f5 and earlier) -> current names.
 UNET_LEGACY_RENAMES: tuple[tuple[str, str], ...] = (
@@ -113,7 +114,7 @@ class UNet(SegmentationNet):
         return self.encoder.min_input_shape
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_input(self, x)
+        check_input(x, self.spatial_dims, self.in_channels, self.min_input_shape, self.pool_sizes)
 
     def _run(self, x: torch.Tensor) -> tuple[Output, dict[str, torch.Tensor]]:
         self._check_input(x)
@@ -135,36 +136,6 @@ class UNet(SegmentationNet):
         """``(output, maps)``: output as :meth:`forward`; ``maps`` maps gate name (``"level{l}"``, 0 finest)
         to attention coefficients ``(B, heads, *skip_spatial)`` in [0, 1]. Empty for an ungated net."""
         return self._run(x)
-
-
-def check_input(net: SegmentationNet, x: torch.Tensor) -> None:
-    """Raise a ``ValueError`` that says what is wrong when ``x`` cannot go through ``net``: the number of
-    dimensions, the input channels, or a spatial size below ``net.min_input_shape`` (naming the axis and its
-    minimum). ``net`` needs ``spatial_dims``, ``in_channels``, ``channels``, ``pool_sizes`` and
-    ``min_input_shape``."""
-    if x.ndim != net.spatial_dims + 2:
-        raise ValueError(
-            f"expected a {net.spatial_dims + 2}D input (B, C, {', '.join('XYZ'[: net.spatial_dims])}) for a "
-            f"{net.spatial_dims}D net, got shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != net.in_channels:
-        raise ValueError(f"expected {net.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
-    spatial, minimum = tuple(x.shape[2:]), net.min_input_shape
-    small = [a for a, (s, m) in enumerate(zip(spatial, minimum, strict=True)) if s < m]
-    if not small:
-        return
-    levels = len(net.channels)
-    if all(p == 2 for sizes in net.pool_sizes for p in sizes):
-        raise ValueError(
-            f"input spatial size {spatial} is too small for {levels} levels: every side must be at least "
-            f"{minimum[0]} (2 ** (levels - 1)); too small along axis {', '.join(map(str, small))}"
-        )
-    detail = "; ".join(f"axis {a} must be at least {minimum[a]}, got {spatial[a]}" for a in small)
-    raise ValueError(
-        f"input spatial size {spatial} is too small for {levels} levels with pool_sizes "
-        f"{[list(p) for p in net.pool_sizes]}: {detail} (the minimum per axis is {minimum}, the product of the "
-        f"pool sizes along it)"
-    )
 
 
 _THESIS = "seed 000 (thesis)"
