@@ -154,6 +154,9 @@ def predict(
         None, "--mirror-axes", help="Test-time mirroring axes, e.g. 1 or 0,1,2; 'none' for none (default: the model's)."
     ),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the model's post-processing."),
+    prune: int | None = typer.Option(
+        None, "--prune", help="ANU-Net: predict with the net pruned to level L (1..4; smaller, faster); 0: full net."
+    ),
 ) -> None:
     """Predict masks written in each input's format, size and geometry (spacing, origin, direction).
 
@@ -172,7 +175,8 @@ def predict(
             sources = [pretrained_path(model)]
         else:
             sources = list(run) if run else [checkpoint]
-        opts = {"device": device, "amp": amp, "overlap": overlap, "mirror_axes": parse_axes(mirror_axes)}
+        opts = {"device": device, "amp": amp, "overlap": overlap, "mirror_axes": parse_axes(mirror_axes),
+                "prune": prune}  # fmt: skip
         if no_postprocess:
             opts["postprocess"] = False
         predictor = Predictor.from_paths(sources, **opts)

@@ -52,7 +52,7 @@ from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor, safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
 from agseg.metrics import ID_COLUMNS, summarize, write_csv, write_summary_json
-from agseg.nets.base import uses_deep_supervision
+from agseg.nets.base import pruning_levels_of, uses_deep_supervision
 from agseg.nets.registry import create_model, get_model_spec
 from agseg.runtime import resolve_device, set_threads
 from agseg.tasks import get_task
@@ -561,10 +561,17 @@ def run_cv(
         )  # fmt: skip
         predictor = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp)
         pred_dir = fdir / "predictions" if cfg.eval.save_predictions else None
-        rows = evaluate_cases(predictor, [by_id[c] for c in fold.test], cfg.eval.metrics, pred_dir, progress)
-        rows = [{"model": cfg.name, "repeat": fold.repeat, "fold": fold.fold, **r} for r in rows]
-        write_csv(rows, fdir / "metrics.csv")
+        test = [by_id[c] for c in fold.test]
+        rows = evaluate_cases(predictor, test, cfg.eval.metrics, pred_dir, progress)
+        ident = {"repeat": fold.repeat, "fold": fold.fold}
+        levels = pruning_levels_of(run.model)
+        for level in levels[:-1]:  # ANU-Net: every pruning level scored from the same trained net (seed 002)
+            pruned = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp, prune=level)
+            lrows = evaluate_cases(pruned, test, cfg.eval.metrics, None, progress)
+            write_csv([{"model": f"{cfg.name}_L{level}", **ident, **r} for r in lrows], fdir / f"metrics_L{level}.csv")
+        write_csv([{"model": cfg.name, **ident, **r} for r in rows], fdir / "metrics.csv")  # last: marks the fold done
     result = gather_cv(out, cfg, plan, t0)
+    _gather_levels(out, cfg, plan)
     if (
         result.folds_done == result.folds_total
         and cfg.eval.postprocess
@@ -627,6 +634,26 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
     if done < len(plan.folds):
         log.warning("%d of %d folds finished: the summary covers those only", done, len(plan.folds))
     return CVResult(out, plan, rows, {k: v.as_dict() for k, v in summary.items()}, done, len(plan.folds), seconds or 0)
+
+
+def _gather_levels(out: Path, cfg: ExperimentConfig, plan: SplitPlan) -> None:
+    """For a pruned net's levels (``metrics_L{l}.csv`` in the folds): ``out/metrics_L{l}.csv`` and
+    ``out/summary_L{l}.json``, one table per level, comparable with ``agseg compare`` like separate models."""
+    from agseg.metrics import read_csv
+
+    levels = sorted({int(p.stem.split("_L")[1]) for p in out.glob("repeat*_fold*/metrics_L*.csv")})
+    for level in levels:
+        rows = []
+        for fold in plan.folds:
+            f = out / _fold_name(fold.repeat, fold.fold) / f"metrics_L{level}.csv"
+            if f.is_file():
+                for r in read_csv(f, text_columns=("model", "case_id")):
+                    rows.append({**r, "repeat": int(r["repeat"]), "fold": int(r["fold"])})
+        if rows:
+            write_csv(rows, out / f"metrics_L{level}.csv")
+            cols = [k for k in rows[0] if k not in ID_COLUMNS]
+            write_summary_json(summarize(rows, cols), out / f"summary_L{level}.json", name=f"{cfg.name}_L{level}",
+                               level=level, n_cases=len(rows))  # fmt: skip
 
 
 def train_split(cfg: ExperimentConfig, index: DatasetIndex) -> tuple[list[CaseRef], list[CaseRef]]:

@@ -46,6 +46,7 @@ class ModelBundle:
         task: ``"segmentation"`` or ``"classification"``.
         mirror_axes: spatial axes mirrored for test-time augmentation by default (``eval.mirror_axes``).
         postprocess: the post-processing chosen on the CV predictions (``{"keep_largest": {value: k}}``) or None.
+        prune: the pruning level prediction uses by default (ANU-Net L1..L4); None: the full net.
     """
 
     model_name: str
@@ -58,6 +59,7 @@ class ModelBundle:
     task: str = "segmentation"
     mirror_axes: list[int] | None = None
     postprocess: dict[str, Any] | None = None
+    prune: int | None = None
 
     @property
     def label_set(self) -> LabelSet:

@@ -27,7 +27,7 @@ from agseg.inference.bundle import ModelBundle, load_bundle
 from agseg.inference.inputs import PredictInput, collect_inputs
 from agseg.inference.postprocess import apply_postprocessing
 from agseg.inference.sliding import predict_logits, predict_with_attention
-from agseg.nets.base import has_attention
+from agseg.nets.base import has_attention, prune_model
 from agseg.runtime import amp_dtype, flush_denormal, resolve_device
 from agseg.tasks import logits_to_probs, probs_to_indices
 
@@ -69,6 +69,8 @@ class Predictor:
             ``()``: off.
         postprocess: the post-processing of label maps (:mod:`agseg.inference.postprocess`): True for the
             bundle's, False for none, or a decision ``{"keep_largest": {value: k}}``.
+        prune: predict with the net pruned to this level (ANU-Net L1..L4: fewer parameters, faster); None: the
+            bundle's ``prune`` (by default the full net); 0: the full net.
     """
 
     def __init__(
@@ -80,8 +82,13 @@ class Predictor:
         overlap: float = 0.5,
         mirror_axes: Sequence[int] | None = None,
         postprocess: Mapping[str, Any] | bool | None = True,
+        prune: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        level = bundle.prune if prune is None else prune
+        if level:  # ANU-Net: a standalone smaller net that computes only the level-L output
+            model = prune_model(model, int(level))
+        self.prune = int(level) if level else None
         self.model = model.to(self.device).eval()
         self.bundle = bundle
         self.pre = bundle.preprocessor()
@@ -386,7 +393,7 @@ class EnsemblePredictor(Predictor):
         self.model, self.bundle, self.device = first.model, first.bundle, first.device
         self.pre, self.amp, self.overlap = first.pre, first.amp, first.overlap
         self.label_set, self.labels, self.task = first.label_set, first.labels, first.task
-        self.mirror_axes = first.mirror_axes
+        self.mirror_axes, self.prune = first.mirror_axes, first.prune
         self.postprocess = dict(postprocess) if postprocess else None
 
     @classmethod
