@@ -20,6 +20,7 @@ from agseg.cli import demo as demo_cli
 from agseg.cli import evaluate as evaluate_cli
 from agseg.cli import experiments as experiments_cli
 from agseg.cli import models as models_cli
+from agseg.cli import report as report_cli
 
 #: exit codes, documented in docs/experiments.md
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -124,6 +125,7 @@ app.command("postprocess")(experiments_cli.postprocess)
 app.add_typer(data_cli.app, name="data")
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compare")(compare_cli.compare)
+app.command("report")(report_cli.report)
 
 
 def main() -> None:
