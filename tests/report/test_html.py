@@ -75,7 +75,7 @@ def test_a_report_from_per_case_csvs_alone(tmp_path):
     rep = build_report(CXR_CSVS, labels=CXR_LABELS, units="px")
     page = rep.html
     assert_self_contained(page)
-    assert rep.sections[:4] == ["run", "results", "statistics", "plots"]
+    assert rep.sections[:4] == ["run", "results", "plots", "statistics"]
     # the statistics are compare_runs' on the same CSVs, shown with compare.md's p-value format
     cmp = compare_runs(CXR_CSVS, labels=CXR_LABELS)
     p = cmp.pair("dice", "U-Net", "multi-gating AU-Net")
@@ -131,7 +131,7 @@ def cv_report(seg_cvs):
 def test_a_cv_report_has_what_was_run_curves_tables_statistics_gallery_and_attention(cv_report, seg_cvs):
     rep, page = cv_report, cv_report.html
     assert_self_contained(page)
-    assert rep.sections == ["run", "results", "statistics", "plots", "curves", "gallery", "attention", "notes"]
+    assert rep.sections == ["run", "results", "plots", "statistics", "curves", "gallery", "attention", "notes"]
     # what was run: the resolved config, the data, the label set, versions and wall time
     for text in ("resolved config (config.yaml)", "10 labelled cases; png; 2D, size 64×64", "counted over 10 cases",
                  "torch 2.", "s training over 2 run(s)", "2-fold × 1 repeat(s)", "parameters"):  # fmt: skip

@@ -446,6 +446,7 @@ table{border-collapse:collapse;margin:8px 0 14px;font-size:13.5px;font-variant-n
 th,td{border-bottom:1px solid var(--line);padding:3px 9px;text-align:left;vertical-align:top}
 thead th{background:var(--soft);border-bottom:2px solid var(--line)}
 table.num td:not(:first-child){text-align:right}
+table.pairs td:nth-child(n+3){text-align:right}
 table.kv th{font-weight:600;color:var(--muted);white-space:nowrap;background:none}
 td.sig{font-weight:700}
 .scroll{overflow-x:auto;max-width:100%}
@@ -508,10 +509,10 @@ class _Page:
         parts.append(self.section("run", "What was run", self.what_was_run()))
         if self.cmp is not None or self.saved:
             parts.append(self.section("results", "Results", self.results()))
-        if (self.cmp is not None and len(self.cmp.runs) > 1) or self.saved:
-            parts.append(self.section("statistics", "Statistics", self.statistics()))
         if self.cmp is not None and self.plot_metrics():
             parts.append(self.section("plots", "Per-case distributions", self.plots()))
+        if (self.cmp is not None and len(self.cmp.runs) > 1) or self.saved:
+            parts.append(self.section("statistics", "Statistics", self.statistics()))
         if any(s.task == "classification" for s in self.sources):
             parts.append(self.section("classification", "Classification", self.classification()))
         parts.append(self.section("curves", "Learning curves", self.curves()))
@@ -944,7 +945,7 @@ class _Page:
         ]  # fmt: skip
         header = ["Model #1", "Model #2", "Kruskal-Wallis p", "KW p (Holm)", "Wilcoxon p", "Wilcoxon p (Holm)",
                   "pairs", "median diff (#1 − #2)", "mean diff (#1 − #2)"]  # fmt: skip
-        return _table(header, body, "num", raw=True)
+        return _table(header, body, "pairs", raw=True)
 
     # ------------------------------------------------------------------ plots
     def plot_metrics(self) -> list[str]:
@@ -1211,12 +1212,17 @@ class _Page:
     def att_caption(self, fig: F.FigureFile, what: str) -> str:
         flat = fig.meta.get("flat") or []
         ranges = fig.meta.get("ranges") or {}
-        rng = "; ".join(f"{g}: {lo:.3f}–{hi:.3f}" for g, (lo, hi) in ranges.items())
-        text = (f"Attention coefficients (α, 0..1) of {what}; each map is coloured over its own range, given by "
-                f"its colour bar ({_e(rng)}).")  # fmt: skip
+        rng = _e("; ".join(f"{g}: {lo:.3f}–{hi:.3f}" for g, (lo, hi) in ranges.items()))
+        text = f"Attention coefficients (α, 0..1) of {what}; range of each map: {rng}. "
+        stretched = [g for g in ranges if g not in flat]
+        if stretched:
+            text += f"{_e(', '.join(stretched))}: coloured over its own range (the colour bar's ticks give it). "
         if flat:
-            text += (f" Flat maps (range below {F.FLAT_RANGE}) are drawn on the fixed 0..1 scale, not stretched: "
-                     f"{_e(', '.join(flat))}.")  # fmt: skip
+            text += (f"{_e(', '.join(flat))}: flat (a range below {F.FLAT_RANGE}), drawn on the fixed 0..1 scale, not "
+                     "stretched")  # fmt: skip
+            if all(ranges[g][0] >= 0.9 for g in flat if g in ranges):
+                text += ": the gate still passes nearly everything, as it was initialised (α ≈ 0.95)"
+            text += "."
         if fig.meta.get("planes") == 3:
             text += " 3D: three orthogonal mid-planes."
         return text
