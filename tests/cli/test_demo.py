@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -54,3 +55,17 @@ def test_demo_fast_leaves_splits_metrics_and_comparison(tmp_path):
     assert "Kruskal-Wallis" in res.output
     assert (out / "attention_example.png").is_file()
     assert (out / "compare" / "boxplot_dice.png").is_file()
+    # the demo ends by writing its report and printing where it is
+    report = out / "report.html"
+    assert res.output.rstrip().splitlines()[-1] == f"report: {report}"
+    page = report.read_text(encoding="utf-8")
+    for bad in ("http://", "https://", 'src="//', "@import", "<link", "url(", "<script src", "file:"):
+        assert bad not in page.lower(), f"external reference {bad!r} in the demo's report"
+    assert all(s.startswith("data:image/png;base64,") for s in re.findall(r'<img[^>]*\ssrc="([^"]*)"', page))
+    for section in ("run", "results", "statistics", "plots", "curves", "gallery", "attention"):
+        assert f'<section id="{section}">' in page, section
+    # the statistics of the comparison, the per-case and per-fold tables, overlays of cases and the gates' maps
+    assert format_p(float(pairs["dice"]["kw_p"])) in page and format_p(float(pairs["dice"]["wilcoxon_p"])) in page
+    assert "Kruskal-Wallis" in page and "unet: 24 case rows" in page and "<th>fold</th>" in page
+    assert page.count('id="fig-case_') == 6  # best, median, worst per model
+    assert 'id="fig-attention_evolution_attention_multi"' in page  # recorded during training (attention_every)

@@ -16,7 +16,8 @@ def demo(
     fast: bool = typer.Option(False, "--fast", help="The same pipeline, smaller: under a minute (for tests)."),
     seed: int = typer.Option(0, help="Seed for the phantoms, splits and training."),
 ) -> None:
-    """Make chest-X-ray phantoms, cross-validate U-Net vs Attention U-Net(s), print the comparison."""
+    """Make chest-X-ray phantoms, cross-validate U-Net vs Attention U-Net(s), print the comparison and write the HTML
+    report (report.html)."""
     from agseg.experiments.demo import demo_settings, run_demo
 
     s = demo_settings(fast)
@@ -34,7 +35,11 @@ def demo(
         )
     if res.attention_figure is not None:
         console.print(f"  {res.attention_figure.name}  where the multi-gating net looks on a test case")
+    if res.report is not None:
+        console.print(f"  {res.report.name}         everything above on one page: open it in a browser")
     console.print(
         f"  next: agseg predict {out}/data/cxr --run {out}/attention_multi --out preds --attention"
         "   (the ensemble of the CV's folds)"
     )
+    if res.report is not None:
+        typer.echo(f"report: {res.report}")
