@@ -188,6 +188,24 @@ def test_figures_for_a_paper_png_and_svg(seg_cvs, tmp_path):
     write_report(rep, tmp_path / "r.html", figures_dir=out, overwrite=True)
 
 
+def test_a_moved_dataset_leaves_out_the_gallery_and_says_why(seg_cvs, tmp_path):
+    cv = tmp_path / "cv"
+    shutil.copytree(seg_cvs["attention"], cv)
+    data = str(Path(seg_cvs["attention"]).parent / "data")
+    for cfg in cv.rglob("config.yaml"):
+        cfg.write_text(cfg.read_text().replace(data, str(tmp_path / "gone")))
+    rep = build_report([cv])
+    assert not figure(rep, "case_") and figure(rep, "curves_") and figure(rep, "attention_evolution")
+    assert "3 gallery case(s) left out" in rep.html and "dataset path not found" in rep.html
+    assert "HD95 (px)" not in rep.html and "give --units px or --units mm" in rep.html
+    assert "HD95 (px)" in build_report([cv], units="px").html
+
+
+def test_class_names_for_numbered_columns(seg_cv_3d):
+    rep = build_report([seg_cv_3d], class_names={1: "anterior", 2: "posterior"}, gallery=0, attention=False)
+    assert "Dice, anterior" in rep.html and "HD95, posterior (mm)" in rep.html and "gallery" not in rep.sections
+
+
 def test_a_3d_cv_gets_three_orthogonal_planes(seg_cv_3d):
     rep = build_report([seg_cv_3d])
     assert_self_contained(rep.html)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from agseg.cli._common import fail
+
 
 def report(
     runs: list[Path] = typer.Argument(
@@ -30,6 +32,9 @@ def report(
     attention: bool = typer.Option(
         True, "--attention/--no-attention", help="Predict the gates' maps of the gallery's median case (gated nets)."
     ),
+    class_name: list[str] | None = typer.Option(
+        None, "--class-name", help="VALUE=NAME for numbered class columns (dice_2) of CSVs without labels.json."
+    ),
     digits: int = typer.Option(3, help="Significant figures in the tables."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out (and figure files) if they exist."),
 ) -> None:
@@ -41,10 +46,16 @@ def report(
     (without learning curves or gallery). An existing --out is never replaced unless --overwrite is given."""
     from agseg.report.html import build_report, check_outputs, write_report
 
+    names = {}
+    for item in class_name or []:
+        value, sep, name = item.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            fail(f"--class-name expects VALUE=NAME (e.g. 2=posterior), got {item!r}", 2)
+        names[int(value)] = name.strip()
     check_outputs(out, runs, overwrite=overwrite)  # before any work
     rep = build_report(
         runs, labels=label or None, metrics=metric or None, units=units, title=title, gallery=gallery,
-        max_rows=max_rows, attention=attention, digits=digits, svg=figures is not None,
+        max_rows=max_rows, attention=attention, digits=digits, svg=figures is not None, class_names=names,
     )  # fmt: skip
     written = write_report(rep, out, figures_dir=figures, overwrite=overwrite)
     for note in rep.notes:

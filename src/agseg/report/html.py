@@ -230,6 +230,7 @@ class _Ctx:
     attention: bool
     svg: bool
     units: str | None
+    class_names: dict[int, str] = field(default_factory=dict)
     figures: list[F.FigureFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     datasets: dict[Any, Any] = field(default_factory=dict)
@@ -270,6 +271,7 @@ def build_report(
     attention: bool = True,
     digits: int = 3,
     svg: bool = False,
+    class_names: dict[int, str] | None = None,
 ) -> Report:
     """Read the runs, CVs, comparison folders or metric CSVs in ``paths`` and lay them out as one HTML page.
 
@@ -285,6 +287,8 @@ def build_report(
         attention: Also predict the attention maps of the gallery's median case with its fold's model (gated nets).
         digits: Significant figures of the values in the tables.
         svg: Render every figure as SVG too (for :func:`write_report`'s ``figures_dir``).
+        class_names: Label value -> name for numbered per-class columns (``dice_2`` -> "Dice, posterior") when the
+            runs' ``labels.json`` is not there (per-case CSVs); it wins over ``labels.json``.
 
     Returns:
         The :class:`Report`.
@@ -312,7 +316,7 @@ def build_report(
         for s, r in zip(scored, comparison.runs, strict=True):
             s.label = r.label
     ctx = _Ctx(digits=digits, gallery=max(0, gallery), max_rows=max(1, max_rows), attention=attention, svg=svg,
-               units=None)  # fmt: skip
+               units=None, class_names={int(k): str(v) for k, v in (class_names or {}).items()})  # fmt: skip
     ctx.units = _resolve_units(units, sources, ctx)
     page = _Page(ctx, sources, saved, comparison, title)
     text = page.render()
@@ -482,7 +486,7 @@ class _Page:
         return list(self.cmp.metrics) if self.cmp else []
 
     def class_names(self) -> dict[int, str]:
-        names: dict[int, str] = {}
+        names: dict[int, str] = dict(self.ctx.class_names)
         for s in self.sources:
             for k, v in s.class_names.items():
                 names.setdefault(k, v)
@@ -567,7 +571,7 @@ class _Page:
                 cell = f"{self.ctx.f(row['mean'])} ± {self.ctx.f(row['std'])}"
             rows.append([s.label, model or "—", _KIND.get(s.kind, s.kind), str(cases), str(folds), cell])
         header = ["Model", "Net", "Source", "Case rows", "Folds",
-                  f"{self.label(head_metric)} mean ± std" if head_metric else "headline"]  # fmt: skip
+                  f"{self.label(head_metric)}: mean ± std" if head_metric else "headline"]  # fmt: skip
         return _table(header, rows)
 
     # ------------------------------------------------------------------ what was run
@@ -1139,8 +1143,9 @@ class _Page:
                                          "case"))  # fmt: skip
             if figs:
                 out.append(f"<div class='figs'>{''.join(figs)}</div>")
-            for p in problems:
-                out.append(self.note(f"{s.label}: gallery case left out: {p}"))
+            for p in dict.fromkeys(problems):
+                n = problems.count(p)
+                out.append(self.note(f"{s.label}: {n} gallery case(s) left out: {p}"))
         return "".join(out) + self.missing_note("no gallery", missing)
 
     def case_values(self, s: ModelSource, row: int, unit: str) -> str:
