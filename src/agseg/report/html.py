@@ -671,6 +671,12 @@ class _Page:
         if isinstance(index, Exception) or index is None:
             where = cfg.data.path if cfg is not None else "?"
             return _e(f"not found ({where}): {' '.join(str(index).split())[:200]}")
+        key = ("summary", id(index))
+        if key not in self.ctx.datasets:
+            self.ctx.datasets[key] = self._data_summary(index)
+        return self.ctx.datasets[key]
+
+    def _data_summary(self, index: Any) -> str:
         from agseg.data.io import read_header
 
         geoms = []
