@@ -72,7 +72,7 @@ sections:document.querySelectorAll('section').length});document.body.appendChild
 def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
     profile.mkdir(parents=True, exist_ok=True)
     cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    res = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=180, check=False)
     assert res.returncode == 0, f"chromium failed ({res.returncode}): {res.stderr[-2000:]}"
     return res
 
