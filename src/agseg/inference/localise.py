@@ -364,7 +364,7 @@ def measure_localisation(
         p = pred.predict_array(case.image.astype(np.float32), case.geometry, attention=True)
         if not p.attention:
             raise ValueError(f"{source}: the model returns no attention maps (a net without gates)")
-        mask = np.asarray(case.label)[0] > 0
+        mask = np.asarray(case.label) > 0
         loc = localise(p.attention, mask.shape, blur=blur, threshold=threshold)
         row: dict[str, Any] = {"case_id": ref.case_id, "target": int(ref.target), "predicted": int(p.label)}
         for name, a in p.attention.items():

@@ -1,10 +1,10 @@
 """Image-level classes for any layout: the ``class_pattern`` option (a regex on the case id) and class names.
 
 ``class_pattern`` (an option of every layout, :data:`~agseg.data.layouts.registry.COMMON_OPTIONS`) gives each case
-without a class its :attr:`~agseg.data.cases.CaseRef.target` from its id: the first group of the regex that matched
-(searched, not anchored), or the whole match without a group. A number is the class value; any other text is a class name,
-looked up (case-insensitive) in the ``labels`` option (``{0: normal, 1: tuberculosis}``). A case id that does not
-match, or names an unknown class, is a problem naming its file. The chest X-rays of ``cxr_lungs``
+without a class its :attr:`~agseg.data.cases.CaseRef.target` from its id: the first group of the regex that
+matched (searched, not anchored), or the whole match without a group. A number is the class value; any other text is
+a class name, looked up (case-insensitive) in the ``labels`` option (``{0: normal, 1: tuberculosis}``). A case id
+that does not match, or names an unknown class, is a problem naming its file. The chest X-rays of ``cxr_lungs``
 (``CHNCXR_0001_0``, ``MCUCXR_0104_1``) take ``class_pattern: '_(\\d)$'``.
 """
 
