@@ -537,7 +537,7 @@ def run_cv(
     split_path = Path(splits or cfg.cv.splits or out / "splits.json")
     plan = load_or_create_splits(
         split_path, ids, groups, n_folds=cfg.cv.folds, n_repeats=cfg.cv.repeats, seed=cfg.seed,
-        val_fraction=cfg.cv.val_fraction,
+        val_fraction=cfg.cv.val_fraction, strata=_strata(cfg, index),
     )  # fmt: skip
     if split_path.resolve() != (out / "splits.json").resolve():
         plan.to_json(out / "splits.json")
@@ -656,6 +656,13 @@ def _gather_levels(out: Path, cfg: ExperimentConfig, plan: SplitPlan) -> None:
                                level=level, n_cases=len(rows))  # fmt: skip
 
 
+def _strata(cfg: ExperimentConfig, cases: Sequence[CaseRef]) -> list[int] | None:
+    """Each case's class for stratified folds (classifiers); None for segmentation (grouped folds only)."""
+    if cfg.task != "classification":
+        return None
+    return [int(case_target(c)) for c in cases]  # type: ignore[arg-type]  (load_index kept cases with a class)
+
+
 def train_split(cfg: ExperimentConfig, index: DatasetIndex) -> tuple[list[CaseRef], list[CaseRef]]:
     """All cases for training with a seeded, patient-grouped validation part (``cfg.cv.val_fraction``)."""
     cases = list(index)
@@ -665,6 +672,7 @@ def train_split(cfg: ExperimentConfig, index: DatasetIndex) -> tuple[list[CaseRe
     groups = [c.patient_id or c.case_id for c in cases]
     n_val_groups = max(1, round(len(set(groups)) * cfg.cv.val_fraction))
     n_folds = max(2, min(len(set(groups)), round(len(set(groups)) / n_val_groups)))
-    fold = make_splits(ids, groups, n_folds=n_folds, seed=cfg.seed, val_fraction=0.0).folds[0]
+    strata = _strata(cfg, cases)
+    fold = make_splits(ids, groups, n_folds=n_folds, seed=cfg.seed, val_fraction=0.0, strata=strata).folds[0]
     val = set(fold.test)
     return [c for c in cases if c.case_id not in val], [c for c in cases if c.case_id in val]
