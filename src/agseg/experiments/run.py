@@ -404,8 +404,12 @@ def train_model(
         predictor = Predictor(trainer.model, bundle, device=cfg.train.device, amp=cfg.train.amp)
         rows = [{"model": cfg.name, **r} for r in evaluate_cases(predictor, val_cases, cfg.eval.metrics)]
         write_csv(rows, run_dir / "metrics.csv")
+        extra = (
+            {"classification": _classification_block(run_dir, rows, label_set)} if task.name == "classification" else {}
+        )
         write_summary_json(summarize(rows), run_dir / "summary.json", name=cfg.name, cases="validation",
-                           epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds)  # fmt: skip
+                           epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds,
+                           **extra)  # fmt: skip
     return TrainRun(run_dir, trainer.model, bundle, result)
 
 
@@ -626,14 +630,27 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
     seconds = time.perf_counter() - t0 if t0 is not None else None
     if rows:
         write_csv(rows, out / "metrics.csv")
+    extra = {"classification": _classification_block(out, rows)} if cfg.task == "classification" and rows else {}
     write_summary_json(
         summary, out / "summary.json", name=cfg.name, model=cfg.model.name, folds_done=done,
         folds_total=len(plan.folds), n_folds=plan.n_folds, n_repeats=plan.n_repeats, per_fold=per_fold,
-        seconds=seconds,
+        seconds=seconds, **extra,
     )  # fmt: skip
     if done < len(plan.folds):
         log.warning("%d of %d folds finished: the summary covers those only", done, len(plan.folds))
     return CVResult(out, plan, rows, {k: v.as_dict() for k, v in summary.items()}, done, len(plan.folds), seconds or 0)
+
+
+def _classification_block(run_dir: Path, rows: Sequence[dict[str, Any]], label_set: LabelSet | None = None) -> dict:
+    """Accuracy, precision/recall/F1 per class and macro, ROC AUC over a classifier's per-case rows: pooled over
+    every case and per (repeat, fold) with their mean and std (:func:`agseg.metrics.classification_summary`)."""
+    from agseg.metrics.classification import classification_summary
+
+    if label_set is None:
+        record = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+        label_set = LabelSet.from_mapping({int(k): v for k, v in record["labels"].items()}, record.get("source", ""))
+    classes = list(label_set.values)
+    return classification_summary(rows, classes, {v: label_set.column_suffix(v) for v in classes})
 
 
 def _gather_levels(out: Path, cfg: ExperimentConfig, plan: SplitPlan) -> None:
