@@ -14,9 +14,20 @@ Public API::
 
 from __future__ import annotations
 
-from agseg.inference.localise import localise
+from typing import Any
+
 from agseg.nets.registry import create_model, get_model_spec, list_models, register_model
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "create_model", "get_model_spec", "list_models", "localise", "register_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # agseg.localise (seed 003's weak localisation) is imported on first use, so that `import agseg` stays light and
+    # `python -m agseg.inference.localise` runs its module once.
+    if name == "localise":
+        from agseg.inference.localise import localise
+
+        return localise
+    raise AttributeError(f"module 'agseg' has no attribute {name!r}")

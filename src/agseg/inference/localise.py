@@ -411,7 +411,9 @@ def measure_localisation(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agseg.inference.localise --run RUN --data DATA --out DIR [--class-pattern '_(\\d)$']``."""
-    ap = argparse.ArgumentParser(description=measure_localisation.__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m agseg.inference.localise", description=measure_localisation.__doc__.splitlines()[0]
+    )
     ap.add_argument("--run", required=True, help="a training run, CV folder or model bundle folder")
     ap.add_argument("--model", action="store_true", help="--run names a shipped model (agseg predict --model)")
     ap.add_argument("--data", required=True, help="a dataset with masks and classes (e.g. ../shared/data/cxr_lungs)")
