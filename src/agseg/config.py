@@ -223,6 +223,8 @@ class LayoutOptions:
             left out).
         merge: several mask files: ``"union"`` or ``"index"`` (file k -> label k + 1).
         patient_pattern: regex whose first group is the patient id (patient-grouped folds).
+        class_pattern: regex on the case id whose first group (a number or a class name of ``data.labels``) is the
+            image-level class of a case without one (classifiers; ``cxr_lungs``: ``'_(\\d)$'``).
         drop_alpha: drop the alpha channel of RGBA images.
         geometry_tol: tolerance of the image/mask geometry check.
         file, root: the case list file and the folder its paths are relative to (``list``).
@@ -236,6 +238,7 @@ class LayoutOptions:
     labels: Any = None
     merge: str | None = None
     patient_pattern: str | None = None
+    class_pattern: str | None = None
     drop_alpha: bool | None = None
     geometry_tol: float | None = None
     file: str | None = None
@@ -255,11 +258,12 @@ class LayoutOptions:
             from agseg.data.labels import parse_labels as parse
 
             parse(self.labels)  # a ValueError names the problem
-        if self.patient_pattern is not None:
-            try:
-                re.compile(self.patient_pattern)
-            except re.error as err:
-                raise ValueError(f"patient_pattern is not a valid regular expression: {err}") from None
+        for name in ("patient_pattern", "class_pattern"):
+            if getattr(self, name) is not None:
+                try:
+                    re.compile(getattr(self, name))
+                except re.error as err:
+                    raise ValueError(f"{name} is not a valid regular expression: {err}") from None
 
     @classmethod
     def from_mapping(cls, values: Any, where: str = "data.options") -> LayoutOptions:

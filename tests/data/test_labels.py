@@ -219,7 +219,7 @@ def test_inspect_reports_declared_labels(synth_root: Path, tmp_path: Path) -> No
 # ------------------------------------------------------------------------------------------------- the registry
 def test_unknown_layout_lists_the_known_ones(synth_root: Path) -> None:
     known = ", ".join(list_layouts())
-    assert known == "case_folders, dsb2018, folders, list, luna16, msd"
+    assert known == "case_folders, class_folders, dsb2018, folders, list, luna16, msd"
     with pytest.raises(ValueError, match=f"unknown layout 'nope'; known: {known}$"):
         load_dataset(synth_root / "cxr", layout="nope")
     with pytest.raises(ValueError, match="unknown layout 'nope'"):

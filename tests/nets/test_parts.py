@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import agseg
-from agseg.nets.base import SegmentationNet, min_input_shape_of
+from agseg.nets.base import ClassificationNet, SegmentationNet, min_input_shape_of
 from agseg.nets.parts import AttentionSkips, DeepSupervisionHead, Encoder, UNetDecoder, normalize_pool_sizes
 from agseg.nets.registry import get_model_spec
 from agseg.nets.unet import DeepSupervisionHead as HeadFromUNet
@@ -29,8 +29,10 @@ def test_every_registered_model_is_a_segmentation_net(name: str):
     depth = len(get_model_spec(name).defaults.get("channels", (64, 128, 256, 512, 1024)))
     # widths a multiple of 4: FocusNet++'s blocks split every width into 4 filter groups
     model = agseg.create_model(name, channels=tuple(4 * 2**i for i in range(depth)))
-    assert isinstance(model, SegmentationNet)
-    assert model.task == "segmentation" == get_model_spec(name).task
+    # classifiers (Sononet, AG-Sononet) have their own suite: tests/nets/test_sononet.py
+    kind = ClassificationNet if get_model_spec(name).task == "classification" else SegmentationNet
+    assert isinstance(model, kind)
+    assert model.task == get_model_spec(name).task
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -5,6 +5,9 @@
 * :func:`phantom_3d`: a 3D volume with ellipsoid structures labelled ``1..n_labels``.
 * :func:`write_dataset`: a whole dataset in one of the layouts :func:`agseg.data.load_dataset` recognises
   (``cxr``, ``montgomery``, ``volumes``, ``msd``, ``luna16``, ``dsb``, ``brats``, ``dicom``).
+* :func:`shape_images`: image classification with a known object: one shape per image (its kind is the class),
+  drawn at a random place on noise, with its mask and bounding box (weak localisation tests, seed 003 appendix);
+  :func:`write_shape_dataset` writes them as PNGs in the ``list``, ``class_folders`` or ``pattern`` layout.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from scipy import ndimage
 from agseg.data.io import Geometry, write_image, write_mask
 
 KINDS = ("cxr", "montgomery", "volumes", "msd", "luna16", "dsb", "brats", "dicom")
+#: Shapes :func:`shape_images` draws; the index of a shape in ``shapes`` is its class.
+SHAPES = ("none", "square", "cross", "disc", "bar")
 
 
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -272,3 +277,113 @@ def write_dataset(
         }
         (root / "dataset.json").write_text(json.dumps(dj, indent=2))
     return root
+
+
+def _shape_mask(kind: str, side: int) -> np.ndarray:
+    """A ``(side, side)`` boolean mask of ``kind`` filling its box (every row and column of the box is touched)."""
+    yy, xx = np.mgrid[:side, :side] + 0.5
+    c, arm = side / 2, max(1.0, side / 6)
+    if kind == "none":  # an image of noise only
+        return np.zeros((side, side), bool)
+    if kind == "square":
+        return np.ones((side, side), bool)
+    if kind == "cross":
+        return (np.abs(yy - c) <= arm) | (np.abs(xx - c) <= arm)
+    if kind == "disc":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= (side / 2) ** 2 + 0.5
+    if kind == "bar":  # a diagonal bar from corner to corner
+        return np.abs(yy - xx) <= 1.5 * arm
+    raise ValueError(f"unknown shape {kind!r}; one of {', '.join(SHAPES)}")
+
+
+def shape_images(
+    n: int,
+    size: int = 48,
+    *,
+    shapes: Sequence[str] = ("square", "cross"),
+    shape_size: tuple[int, int] = (12, 18),
+    contrast: float = 1.0,
+    noise: float = 0.5,
+    rng: np.random.Generator | int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images holding one shape each, at a random place on Gaussian noise; the shape's kind is the image's class.
+
+    Args:
+        n: number of images; classes alternate (``i % len(shapes)``), so every class has ``n // len(shapes)`` or one
+            more.
+        size: image side in pixels.
+        shapes: the shape of each class (from :data:`SHAPES`; ``"none"``: noise only, an empty mask and box).
+        shape_size: the range of the shape's side in pixels (uniform, inclusive).
+        contrast: the shape's intensity above the background (mean 0).
+        noise: standard deviation of the noise.
+        rng: seed or generator.
+
+    Returns:
+        ``(images, labels, masks, boxes)``: float32 ``(n, size, size)``, int64 ``(n,)``, bool ``(n, size, size)``, and
+        int64 ``(n, 4)`` boxes ``(y0, x0, y1, x1)`` around each shape (array order, ``y1``/``x1`` exclusive; all 0 for
+        ``"none"``).
+    """
+    g = _rng(rng)
+    lo, hi = int(shape_size[0]), int(shape_size[1])
+    if not 1 <= lo <= hi <= size:
+        raise ValueError(f"shape_size {shape_size} must lie within 1..size ({size})")
+    images = g.normal(0.0, noise, (n, size, size)).astype(np.float32)
+    labels = np.arange(n, dtype=np.int64) % len(shapes)
+    masks = np.zeros((n, size, size), bool)
+    boxes = np.zeros((n, 4), np.int64)
+    for i in range(n):
+        side = int(g.integers(lo, hi + 1))
+        y0, x0 = (int(v) for v in g.integers(0, size - side + 1, 2))
+        masks[i, y0 : y0 + side, x0 : x0 + side] = _shape_mask(shapes[labels[i]], side)
+        images[i][masks[i]] += contrast
+        boxes[i] = (y0, x0, y0 + side, x0 + side) if masks[i].any() else (0, 0, 0, 0)
+    return images, labels, masks, boxes
+
+
+def write_shape_dataset(
+    out: str | Path,
+    n: int = 16,
+    *,
+    layout: str = "list",
+    size: int = 48,
+    shapes: Sequence[str] = ("square", "cross"),
+    seed: int = 0,
+    **kw,
+) -> Path:
+    """Write :func:`shape_images` as 8-bit PNGs for the classification layouts.
+
+    Args:
+        out: folder to create (or fill).
+        n, size, shapes, seed, kw: as :func:`shape_images`.
+        layout: ``"list"`` (``images/shape_NNN.png`` + ``cases.csv`` with ``image,class``), ``"class_folders"``
+            (``classes/<shape>/shape_NNN.png``) or ``"pattern"`` (``images/shape_NNN_<class>.png``: the class in the
+            name).
+
+    Returns:
+        The dataset path to give ``load_dataset``: ``out/cases.csv`` (``list``), ``out/classes`` (``class_folders``)
+        or ``out`` (``pattern``). The shapes' masks are written to ``out/masks/`` (same names) and their boxes to
+        ``out/boxes.csv`` (``case, y0, x0, y1, x1``).
+    """
+    from agseg.data.io import Geometry, write_image
+
+    if layout not in ("list", "class_folders", "pattern"):
+        raise ValueError(f"unknown layout {layout!r}; one of list, class_folders, pattern")
+    root = Path(out)
+    images, labels, masks, boxes = shape_images(n, size, shapes=shapes, rng=seed, **kw)
+    lo, hi = float(images.min()), float(images.max())
+    rows, box_rows = ["image,class"], ["case,y0,x0,y1,x1"]
+    geom = Geometry.identity((size, size), format="png", dtype="uint8")
+    for i in range(n):
+        c = int(labels[i])
+        name = f"shape_{i:03d}_{c}" if layout == "pattern" else f"shape_{i:03d}"
+        folder = root / "classes" / shapes[c] if layout == "class_folders" else root / "images"
+        pixels = np.round((images[i] - lo) / (hi - lo) * 255).astype(np.uint8)
+        write_image(folder / f"{name}.png", pixels, geom)
+        write_image(root / "masks" / f"{name}.png", (masks[i] * 255).astype(np.uint8), geom)
+        rows.append(f"images/{name}.png,{c}")
+        box_rows.append(f"{name},{','.join(str(int(v)) for v in boxes[i])}")
+    (root / "boxes.csv").write_text("\n".join(box_rows) + "\n")
+    if layout == "list":
+        (root / "cases.csv").write_text("\n".join(rows) + "\n")
+        return root / "cases.csv"
+    return root / "classes" if layout == "class_folders" else root

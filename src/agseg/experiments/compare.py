@@ -19,6 +19,14 @@ Statistics, for each metric and each pair of models ``(a, b)``:
   cases present in both runs, matched on ``(repeat, case_id)``, where both values are defined.
 * Holm's step-down adjustment of each test's p-values across all pairs of that metric.
 
+Classifier runs (per-case ``target``, ``predicted`` and ``prob_<class>`` columns, as ``agseg cv`` writes them for a
+net registered with ``task="classification"``) also get, per model, accuracy, macro precision/recall/F1 and ROC AUC
+pooled over the cases and as mean ± std over folds (:func:`agseg.metrics.classification_summary`), and per pair of
+models McNemar's test on the cases both classified (exact binomial below 25 discordant pairs) and DeLong's test of
+the AUC difference (binary; a paired bootstrap of the one-vs-rest macro AUC for more classes), Holm-adjusted across
+the pairs (:func:`agseg.experiments.stats.classifier_pair_stats`). They go to ``classifier_summary.csv``,
+``classifier_pairwise.csv`` and a "Classifiers" section of ``compare.md``.
+
 This module loads runs (:func:`load_runs`), orchestrates (:func:`compare_runs`, :func:`write_comparison`) and holds
 the :class:`Comparison`; the statistics are pure functions in :mod:`agseg.experiments.stats`, the Markdown/CSV
 tables and box plots are rendered by :mod:`agseg.report`. ``holm``, ``format_p``, ``to_markdown``,
@@ -40,9 +48,11 @@ import numpy as np
 import yaml
 
 from agseg.experiments.stats import (
+    CLASSIFIER_PAIRWISE_COLUMNS,
     PAIRWISE_COLUMNS,
     SUMMARY_COLUMNS,
     adjust_pairwise,
+    classifier_pair_stats,
     holm,
     kruskal_all,
     pair_stats,
@@ -51,9 +61,11 @@ from agseg.experiments.stats import (
 from agseg.fileio import atomic_write_bytes, atomic_write_text
 from agseg.metrics.table import ID_COLUMNS, read_csv_table
 from agseg.report.figures import boxplot_filename, comparison_boxplot_png
-from agseg.report.tables import csv_text, format_p, to_markdown
+from agseg.report.tables import csv_text, format_p, format_value, md_table, to_markdown
 
 __all__ = [
+    "CLASSIFIER_PAIRWISE_COLUMNS",
+    "CLASSIFIER_SUMMARY_COLUMNS",
     "PAIRWISE_COLUMNS",
     "SUMMARY_COLUMNS",
     "Comparison",
@@ -88,6 +100,9 @@ class RunMetrics:
         fold: Fold index of each row, shape ``(N,)``.
         case_id: Case id of each row (``N`` entries).
         values: Metric name -> float values, shape ``(N,)``; NaN / inf mark undefined values.
+        target, predicted: a classifier's true and predicted class values, shape ``(N,)`` (None otherwise).
+        probs: a classifier's class probabilities ``(N, K)`` (the ``prob_<class>`` columns), or None.
+        classes: the class values of the ``probs`` columns (from the run's ``labels.json``), or None.
     """
 
     label: str
@@ -96,6 +111,15 @@ class RunMetrics:
     fold: np.ndarray
     case_id: list[str]
     values: dict[str, np.ndarray]
+    target: np.ndarray | None = None
+    predicted: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    classes: list[int] | None = None
+
+    @property
+    def is_classifier(self) -> bool:
+        """True for the per-case table of a classifier (targets and predictions)."""
+        return self.target is not None and self.predicted is not None
 
     @property
     def metrics(self) -> list[str]:
@@ -211,6 +235,7 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
         labels = [label or csv_path.stem]
         select = [np.ones(len(rows), dtype=bool)]
 
+    cls = _classifier_columns(csv_path, header, rows)
     runs = []
     for label, mask in zip(labels, select, strict=True):
         idx = np.flatnonzero(mask)
@@ -221,7 +246,12 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
             fold=fold[idx],
             case_id=[case_id[i] for i in idx],
             values={c: v[idx] for c, v in values.items()},
-        )
+            **(
+                {"target": cls["target"][idx], "predicted": cls["predicted"][idx], "classes": cls["classes"],
+                 "probs": cls["probs"][idx] if cls["probs"] is not None else None}
+                if cls else {}
+            ),
+        )  # fmt: skip
         seen: dict[tuple[int, str], int] = {}
         for j, key in enumerate(run.keys()):
             if key in seen:
@@ -233,6 +263,39 @@ def load_runs(path: str | os.PathLike[str]) -> list[RunMetrics]:
         runs.append(run)
         logger.debug("loaded %s: %s, %d rows, metrics %s", csv_path, label, len(run), run.metrics)
     return runs
+
+
+def _classifier_columns(csv_path: Path, header: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A classifier's targets, predictions, probabilities and class values from its per-case table; empty for a
+    segmentation table. The classes of the ``prob_<class>`` columns (written in label-set order) come from the
+    run's ``labels.json``, else from the values seen when they are as many as the columns."""
+    if "target" not in header or "predicted" not in header:
+        return {}
+    try:
+        target = np.asarray([int(r["target"]) for r in rows], dtype=np.int64)
+        predicted = np.asarray([int(r["predicted"]) for r in rows], dtype=np.int64)
+    except (TypeError, ValueError, KeyError):
+        logger.warning("%s: target/predicted columns are not class values; not compared as a classifier", csv_path)
+        return {}
+    prob_cols = [c for c in header if c.startswith("prob_")]
+    classes: list[int] | None = None
+    labels_json = csv_path.parent / "labels.json"
+    if labels_json.is_file():
+        import json
+
+        try:
+            classes = sorted(int(k) for k in json.loads(labels_json.read_text(encoding="utf-8"))["labels"])
+        except (ValueError, KeyError, TypeError):
+            classes = None
+    if classes is None:
+        seen = sorted(set(target.tolist()) | set(predicted.tolist()))
+        classes = seen if len(seen) == len(prob_cols) else None
+    probs = None
+    if prob_cols and classes is not None and len(classes) == len(prob_cols):
+        probs = np.asarray(
+            [[r[c] if isinstance(r.get(c), float) else math.nan for c in prob_cols] for r in rows], dtype=float
+        )
+    return {"target": target, "predicted": predicted, "probs": probs, "classes": classes}
 
 
 def load_run(path: str | os.PathLike[str]) -> RunMetrics:
@@ -261,6 +324,10 @@ class Comparison:
             the order of ``runs`` (``model_a`` before ``model_b``); differences are ``a - b``.
         omnibus: Metric -> Kruskal-Wallis ``(statistic, p)`` over all models (NaN with fewer than 3 models).
         notes: Warnings about the comparison (missing metrics, fewer than two models, ...).
+        classifier_summary: for classifier runs, one dict per model with the keys of
+            :data:`CLASSIFIER_SUMMARY_COLUMNS` (empty otherwise).
+        classifier_pairwise: for classifier runs, one dict per pair with the keys of
+            :data:`~agseg.experiments.stats.CLASSIFIER_PAIRWISE_COLUMNS` (McNemar, DeLong / bootstrap).
     """
 
     runs: list[RunMetrics]
@@ -269,6 +336,8 @@ class Comparison:
     pairwise: list[dict[str, Any]] = field(default_factory=list)
     omnibus: dict[str, tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    classifier_summary: list[dict[str, Any]] = field(default_factory=list)
+    classifier_pairwise: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -331,7 +400,10 @@ def compare_runs(
     loaded: list[RunMetrics] = []
     for r in runs:
         if isinstance(r, RunMetrics):
-            loaded.append(RunMetrics(r.label, r.source, r.repeat, r.fold, list(r.case_id), dict(r.values)))
+            loaded.append(
+                RunMetrics(r.label, r.source, r.repeat, r.fold, list(r.case_id), dict(r.values), r.target, r.predicted,
+                           r.probs, r.classes)
+            )  # fmt: skip
         else:
             loaded.extend(load_runs(r))
     if not loaded:
@@ -363,6 +435,7 @@ def compare_runs(
         for m in metric_list:
             cmp.summary.append({"model": r.label, "metric": m, **summary_stats(r.values[m], r.repeat, r.fold)})
 
+    _compare_classifiers(cmp)
     if len(loaded) < 2:
         cmp.notes.append(f"only one model ({loaded[0].label!r}): pairwise tests need at least two runs; summary only")
         return cmp
@@ -387,11 +460,110 @@ def compare_runs(
     return cmp
 
 
+CLASSIFIER_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
+CLASSIFIER_SUMMARY_COLUMNS = (
+    "model",
+    "n",
+    "n_folds",
+    *(f"{m}{part}" for m in CLASSIFIER_METRICS for part in ("", "_fold_mean", "_fold_std")),
+)
+"""Columns of a classifier summary row: per metric the value over all cases, and mean/std over the folds."""
+
+
+def _classifier_rows(run: RunMetrics) -> list[dict[str, Any]]:
+    assert run.target is not None and run.predicted is not None
+    rows = []
+    for i in range(len(run)):
+        row = {"repeat": int(run.repeat[i]), "fold": int(run.fold[i]), "target": int(run.target[i]),
+               "predicted": int(run.predicted[i])}  # fmt: skip
+        if run.probs is not None:
+            row.update({f"prob_{k}": float(run.probs[i, k]) for k in range(run.probs.shape[1])})
+        rows.append(row)
+    return rows
+
+
+def _compare_classifiers(cmp: Comparison) -> None:
+    """Fill :attr:`Comparison.classifier_summary` and ``classifier_pairwise`` when every run is a classifier."""
+    from agseg.metrics.classification import classification_summary
+
+    kinds = [r.is_classifier for r in cmp.runs]
+    if not any(kinds):
+        return
+    if not all(kinds):
+        cmp.notes.append("classifier and segmentation runs mixed: no classifier tests")
+        return
+    for r in cmp.runs:
+        classes = r.classes or sorted(set(r.target.tolist()) | set(r.predicted.tolist()))  # type: ignore[union-attr]
+        s = classification_summary(_classifier_rows(r), classes)
+        row: dict[str, Any] = {"model": r.label, "n": len(r), "n_folds": s["n_folds"]}
+        for m in CLASSIFIER_METRICS:
+            row[m] = s["pooled"].get(m, math.nan)
+            row[f"{m}_fold_mean"] = s["fold_mean"].get(m, math.nan)
+            row[f"{m}_fold_std"] = s["fold_std"].get(m, math.nan)
+        cmp.classifier_summary.append(row)
+    for a, b in combinations(cmp.runs, 2):
+        classes = a.classes if a.classes is not None and a.classes == b.classes else None
+        if a.classes != b.classes:
+            cmp.notes.append(
+                f"{a.label} and {b.label} have different classes ({a.classes} vs {b.classes}): no AUC test"
+            )
+        stats = classifier_pair_stats(
+            a.target, b.target, a.predicted, b.predicted, a.probs, b.probs, a.keys(), b.keys(), a.fold, b.fold, classes
+        )
+        cmp.classifier_pairwise.append({"model_a": a.label, "model_b": b.label, **stats})
+    for test in ("mcnemar", "auc"):
+        adjusted = holm([row[f"{test}_p"] for row in cmp.classifier_pairwise])
+        for row, p in zip(cmp.classifier_pairwise, adjusted, strict=True):
+            row[f"{test}_p_holm"] = p
+
+
+def classifier_markdown(comparison: Comparison) -> str:
+    """The "Classifiers" section of ``compare.md``: per-model metrics and the pairwise McNemar / AUC tests."""
+    c = comparison
+    if not c.classifier_summary:
+        return ""
+
+    def cell(row: dict[str, Any], m: str) -> str:
+        fold = (
+            f" ({format_value(row[f'{m}_fold_mean'])} ± {format_value(row[f'{m}_fold_std'])})"
+            if row["n_folds"] > 1
+            else ""
+        )
+        return format_value(row[m]) + fold
+
+    out = ["## Classifiers", "", "Over all test cases; in brackets mean ± std over the folds.", ""]
+    header = ["Model", "Cases", "Accuracy", "Precision (macro)", "Recall (macro)", "F1 (macro)", "ROC AUC"]
+    out += [md_table(header, [[r["model"], str(r["n"]), *(cell(r, m) for m in CLASSIFIER_METRICS)]
+                              for r in c.classifier_summary]), ""]  # fmt: skip
+    if c.classifier_pairwise:
+        out += [
+            "McNemar's test on the cases both models classified, matched on (repeat, case_id) (exact binomial below "
+            "25 discordant pairs); DeLong's test of the ROC AUC difference (a paired bootstrap for more than two "
+            "classes); Holm adjustment across the pairs.",
+            "",
+        ]
+        header = ["Model #1", "Model #2", "pairs", "only #1 right", "only #2 right", "McNemar p", "McNemar p (Holm)",
+                  "AUC #1", "AUC #2", "AUC test", "AUC p", "AUC p (Holm)"]  # fmt: skip
+        rows = [
+            [p["model_a"], p["model_b"], str(p["n_pairs"]), str(p["only_a_correct"]), str(p["only_b_correct"]),
+             f"{format_p(p['mcnemar_p'])} ({p['mcnemar_method']})", format_p(p["mcnemar_p_holm"]),
+             format_value(p["auc_a"]), format_value(p["auc_b"]), p["auc_method"] or "n/a", format_p(p["auc_p"]),
+             format_p(p["auc_p_holm"])]
+            for p in c.classifier_pairwise
+        ]  # fmt: skip
+        out += [md_table(header, rows), ""]
+        notes = [f"{p['model_a']} vs {p['model_b']}: {p['note']}" for p in c.classifier_pairwise if p["note"]]
+        if notes:
+            out += [f"- {n}" for n in notes] + [""]
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------------------------- output
 
 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], plots: bool = True) -> list[Path]:
-    """Write ``summary.csv``, ``pairwise.csv``, ``compare.md`` and ``boxplot_<metric>.png`` into ``out_dir``.
+    """Write ``summary.csv``, ``pairwise.csv``, ``compare.md`` and ``boxplot_<metric>.png`` into ``out_dir`` (and, for
+    classifier runs, ``classifier_summary.csv`` and ``classifier_pairwise.csv``).
 
     Every file is written atomically (temporary file in ``out_dir``, then ``os.replace``).
 
@@ -407,11 +579,21 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], pl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (
+    markdown = to_markdown(comparison)
+    files = [
         ("summary.csv", csv_text(SUMMARY_COLUMNS, comparison.summary)),
         ("pairwise.csv", csv_text(PAIRWISE_COLUMNS, comparison.pairwise)),
-        ("compare.md", to_markdown(comparison)),
-    ):
+    ]
+    if comparison.classifier_summary:
+        section = classifier_markdown(comparison)
+        cut = markdown.find("\n## Notes")  # the classifier section goes before the notes
+        markdown = markdown[: cut + 1] + section + "\n" + markdown[cut + 1 :] if cut >= 0 else markdown + "\n" + section
+        files += [
+            ("classifier_summary.csv", csv_text(CLASSIFIER_SUMMARY_COLUMNS, comparison.classifier_summary)),
+            ("classifier_pairwise.csv", csv_text(CLASSIFIER_PAIRWISE_COLUMNS, comparison.classifier_pairwise)),
+        ]
+    files.append(("compare.md", markdown))
+    for name, text in files:
         atomic_write_text(out / name, text)
         written.append(out / name)
     if plots:

@@ -404,8 +404,12 @@ def train_model(
         predictor = Predictor(trainer.model, bundle, device=cfg.train.device, amp=cfg.train.amp)
         rows = [{"model": cfg.name, **r} for r in evaluate_cases(predictor, val_cases, cfg.eval.metrics)]
         write_csv(rows, run_dir / "metrics.csv")
+        extra = (
+            {"classification": _classification_block(run_dir, rows, label_set)} if task.name == "classification" else {}
+        )
         write_summary_json(summarize(rows), run_dir / "summary.json", name=cfg.name, cases="validation",
-                           epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds)  # fmt: skip
+                           epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds,
+                           **extra)  # fmt: skip
     return TrainRun(run_dir, trainer.model, bundle, result)
 
 
@@ -537,7 +541,7 @@ def run_cv(
     split_path = Path(splits or cfg.cv.splits or out / "splits.json")
     plan = load_or_create_splits(
         split_path, ids, groups, n_folds=cfg.cv.folds, n_repeats=cfg.cv.repeats, seed=cfg.seed,
-        val_fraction=cfg.cv.val_fraction,
+        val_fraction=cfg.cv.val_fraction, strata=_strata(cfg, index),
     )  # fmt: skip
     if split_path.resolve() != (out / "splits.json").resolve():
         plan.to_json(out / "splits.json")
@@ -626,14 +630,27 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
     seconds = time.perf_counter() - t0 if t0 is not None else None
     if rows:
         write_csv(rows, out / "metrics.csv")
+    extra = {"classification": _classification_block(out, rows)} if cfg.task == "classification" and rows else {}
     write_summary_json(
         summary, out / "summary.json", name=cfg.name, model=cfg.model.name, folds_done=done,
         folds_total=len(plan.folds), n_folds=plan.n_folds, n_repeats=plan.n_repeats, per_fold=per_fold,
-        seconds=seconds,
+        seconds=seconds, **extra,
     )  # fmt: skip
     if done < len(plan.folds):
         log.warning("%d of %d folds finished: the summary covers those only", done, len(plan.folds))
     return CVResult(out, plan, rows, {k: v.as_dict() for k, v in summary.items()}, done, len(plan.folds), seconds or 0)
+
+
+def _classification_block(run_dir: Path, rows: Sequence[dict[str, Any]], label_set: LabelSet | None = None) -> dict:
+    """Accuracy, precision/recall/F1 per class and macro, ROC AUC over a classifier's per-case rows: pooled over
+    every case and per (repeat, fold) with their mean and std (:func:`agseg.metrics.classification_summary`)."""
+    from agseg.metrics.classification import classification_summary
+
+    if label_set is None:
+        record = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+        label_set = LabelSet.from_mapping({int(k): v for k, v in record["labels"].items()}, record.get("source", ""))
+    classes = list(label_set.values)
+    return classification_summary(rows, classes, {v: label_set.column_suffix(v) for v in classes})
 
 
 def _gather_levels(out: Path, cfg: ExperimentConfig, plan: SplitPlan) -> None:
@@ -656,6 +673,13 @@ def _gather_levels(out: Path, cfg: ExperimentConfig, plan: SplitPlan) -> None:
                                level=level, n_cases=len(rows))  # fmt: skip
 
 
+def _strata(cfg: ExperimentConfig, cases: Sequence[CaseRef]) -> list[int] | None:
+    """Each case's class for stratified folds (classifiers); None for segmentation (grouped folds only)."""
+    if cfg.task != "classification":
+        return None
+    return [int(case_target(c)) for c in cases]  # type: ignore[arg-type]  (load_index kept cases with a class)
+
+
 def train_split(cfg: ExperimentConfig, index: DatasetIndex) -> tuple[list[CaseRef], list[CaseRef]]:
     """All cases for training with a seeded, patient-grouped validation part (``cfg.cv.val_fraction``)."""
     cases = list(index)
@@ -665,6 +689,7 @@ def train_split(cfg: ExperimentConfig, index: DatasetIndex) -> tuple[list[CaseRe
     groups = [c.patient_id or c.case_id for c in cases]
     n_val_groups = max(1, round(len(set(groups)) * cfg.cv.val_fraction))
     n_folds = max(2, min(len(set(groups)), round(len(set(groups)) / n_val_groups)))
-    fold = make_splits(ids, groups, n_folds=n_folds, seed=cfg.seed, val_fraction=0.0).folds[0]
+    strata = _strata(cfg, cases)
+    fold = make_splits(ids, groups, n_folds=n_folds, seed=cfg.seed, val_fraction=0.0, strata=strata).folds[0]
     val = set(fold.test)
     return [c for c in cases if c.case_id not in val], [c for c in cases if c.case_id in val]

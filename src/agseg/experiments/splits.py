@@ -10,6 +10,10 @@ Splitting rules:
 * Cases are grouped (by patient, scan, ...): the cases of one group are never split between train, val and test.
   Without ``groups`` each case is its own group.
 * Every case is in exactly one test fold per repeat (scikit-learn ``GroupKFold`` with ``shuffle=True``).
+* Classifiers pass ``strata`` (each case's class): the folds are stratified as well as grouped (scikit-learn
+  ``StratifiedGroupKFold`` with ``shuffle=True``), so every test fold holds about the dataset's share of each class,
+  and the validation groups are drawn class by class in proportion. The strata are saved in ``splits.json``
+  (``"stratified": true``, ``"strata"``); a file without them (segmentation, or made before) still reads.
 * Each repeat reshuffles the groups with a seed derived from ``(seed, repeat)``; the plan depends only on the set of
   ``(case_id, group)`` pairs and the settings, not on the order in which cases are listed.
 * Within each fold a validation subset of groups is carved from the training part: ``ceil(val_fraction * n)`` of
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from agseg.fileio import atomic_write_text
 
@@ -103,6 +107,7 @@ class SplitPlan:
         case_ids: All case ids, sorted.
         groups: Group of each case (aligned with ``case_ids``); equal to ``case_ids`` when ungrouped.
         folds: ``n_repeats * n_folds`` folds, ordered by ``(repeat, fold)``.
+        strata: Class of each case (aligned with ``case_ids``) when the folds are stratified, else None.
     """
 
     seed: int
@@ -112,6 +117,12 @@ class SplitPlan:
     case_ids: list[str]
     groups: list[str]
     folds: list[Fold] = field(default_factory=list)
+    strata: list[int] | None = None
+
+    @property
+    def stratified(self) -> bool:
+        """True when the folds were stratified by class (:attr:`strata`)."""
+        return self.strata is not None
 
     def get(self, repeat: int, fold: int) -> Fold:
         """The fold ``fold`` of repeat ``repeat``.
@@ -188,6 +199,7 @@ class SplitPlan:
             "val_fraction": self.val_fraction,
             "case_ids": list(self.case_ids),
             "groups": list(self.groups),
+            **({"stratified": True, "strata": [int(v) for v in self.strata]} if self.strata is not None else {}),
             "folds": [f.to_dict() for f in self.folds],
         }
 
@@ -206,6 +218,9 @@ class SplitPlan:
             raise ValueError(f"splits file lacks key(s) {missing}")
         case_ids = [str(c) for c in d["case_ids"]]
         groups = d.get("groups")
+        strata = d.get("strata")
+        if strata is not None and len(strata) != len(case_ids):
+            raise ValueError(f"splits file has {len(strata)} strata for {len(case_ids)} case ids")
         plan = cls(
             seed=int(d["seed"]),
             n_folds=int(d["n_folds"]),
@@ -214,6 +229,7 @@ class SplitPlan:
             case_ids=case_ids,
             groups=[str(g) for g in groups] if groups is not None else list(case_ids),
             folds=[Fold.from_dict(f) for f in d["folds"]],
+            strata=[int(v) for v in strata] if strata is not None else None,
         )
         plan.validate()
         return plan
@@ -285,6 +301,7 @@ def make_splits(
     n_repeats: int = 1,
     seed: int = 0,
     val_fraction: float = 0.1,
+    strata: Sequence[int] | None = None,
 ) -> SplitPlan:
     """Seeded, grouped, repeated k-fold split of ``case_ids``.
 
@@ -297,6 +314,9 @@ def make_splits(
         seed: Base seed; the same inputs and seed give the same plan.
         val_fraction: Fraction of each fold's training groups moved to validation (rounded up, at least one group
             and never all of them when positive; ``0`` gives an empty ``val``).
+        strata: Class of each case, aligned with ``case_ids`` (classifiers): stratified folds
+            (``StratifiedGroupKFold``) and validation groups drawn in proportion to the classes (a group's class is
+            the most common one among its cases). ``None``: grouped folds only (``GroupKFold``), as before.
 
     Returns:
         The plan, with ``case_ids`` sorted and ``n_repeats * n_folds`` folds ordered by ``(repeat, fold)``; the
@@ -307,15 +327,24 @@ def make_splits(
             ``n_repeats < 1`` or ``val_fraction`` outside ``[0, 1)``.
     """
     ids, grp = _check_inputs(case_ids, groups, n_folds, n_repeats, val_fraction)
+    strat = _check_strata(strata, len(ids))
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     ids = [ids[i] for i in order]
     grp = [grp[i] for i in order]
+    strat = [strat[i] for i in order] if strat is not None else None
     grp_arr = np.asarray(grp, dtype=object)
     x = np.zeros((len(ids), 1))
+    group_class = _group_classes(grp, strat) if strat is not None else None
     folds: list[Fold] = []
     for r in range(n_repeats):
-        gkf = GroupKFold(n_splits=n_folds, shuffle=True, random_state=_derived_seed(seed, r))
-        for k, (train_idx, test_idx) in enumerate(gkf.split(x, groups=grp_arr)):
+        if strat is None:
+            splits = GroupKFold(n_splits=n_folds, shuffle=True, random_state=_derived_seed(seed, r)).split(
+                x, groups=grp_arr
+            )
+        else:
+            splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=_derived_seed(seed, r))
+            splits = splitter.split(x, np.asarray(strat), groups=grp_arr)
+        for k, (train_idx, test_idx) in enumerate(splits):
             train_groups = sorted({grp[i] for i in train_idx})
             n_val = 0
             if val_fraction > 0 and len(train_groups) >= 2:
@@ -323,7 +352,10 @@ def make_splits(
             elif val_fraction > 0:
                 logger.warning("repeat %d fold %d: one training group only, validation set left empty", r, k)
             rng = np.random.default_rng(_derived_seed(seed, r, k, 1))
-            val_groups = {train_groups[i] for i in rng.permutation(len(train_groups))[:n_val]}
+            if group_class is None:
+                val_groups = {train_groups[i] for i in rng.permutation(len(train_groups))[:n_val]}
+            else:
+                val_groups = set(_proportional(train_groups, group_class, rng)[:n_val])
             train = sorted(ids[i] for i in train_idx if grp[i] not in val_groups)
             val = sorted(ids[i] for i in train_idx if grp[i] in val_groups)
             test = sorted(ids[i] for i in test_idx)
@@ -336,9 +368,41 @@ def make_splits(
         case_ids=ids,
         groups=grp,
         folds=folds,
+        strata=strat,
     )
     logger.debug("split %d cases (%d groups) into %d x %d folds", len(ids), len(set(grp)), n_repeats, n_folds)
     return plan
+
+
+def _check_strata(strata: Sequence[int] | None, n: int) -> list[int] | None:
+    if strata is None:
+        return None
+    out = [int(v) for v in strata]
+    if len(out) != n:
+        raise ValueError(f"strata has {len(out)} entries but there are {n} case ids")
+    return out
+
+
+def _group_classes(groups: Sequence[str], strata: Sequence[int]) -> dict[str, int]:
+    """Each group's class: the most common among its cases (the smallest class on a tie)."""
+    counts: dict[str, dict[int, int]] = {}
+    for g, c in zip(groups, strata, strict=True):
+        counts.setdefault(g, {}).setdefault(c, 0)
+        counts[g][c] += 1
+    return {g: min(cs, key=lambda c: (-cs[c], c)) for g, cs in counts.items()}
+
+
+def _proportional(groups: Sequence[str], group_class: dict[str, int], rng: np.random.Generator) -> list[str]:
+    """``groups`` in an order whose every prefix holds the classes in proportion (systematic stratified sampling):
+    each class's groups shuffled, the ``i``-th of ``n`` placed at ``(i + 0.5) / n``, ties broken at random."""
+    by_class: dict[int, list[str]] = {}
+    for g in groups:
+        by_class.setdefault(group_class[g], []).append(g)
+    keyed = []
+    for c in sorted(by_class):
+        members = [by_class[c][i] for i in rng.permutation(len(by_class[c]))]
+        keyed += [((i + 0.5) / len(members), float(rng.random()), g) for i, g in enumerate(members)]
+    return [g for *_, g in sorted(keyed)]
 
 
 def _partition(ids: Sequence[str], groups: Sequence[str]) -> set[frozenset[str]]:
@@ -373,6 +437,7 @@ def load_or_create_splits(
     n_repeats: int = 1,
     seed: int = 0,
     val_fraction: float = 0.1,
+    strata: Sequence[int] | None = None,
 ) -> SplitPlan:
     """Reuse the plan in ``path`` if it exists (and matches), else make one and save it there.
 
@@ -388,6 +453,8 @@ def load_or_create_splits(
         seed: Base seed; must match the file.
         val_fraction: Used when creating; a different value in an existing file is kept (test folds are not
             affected) and logged as a warning.
+        strata: Each case's class, for stratified folds (classifiers; see :func:`make_splits`). An existing file
+            made without them, or with other classes, is still reused (its folds stay paired) with a warning.
 
     Returns:
         The loaded or newly created plan.
@@ -400,7 +467,7 @@ def load_or_create_splits(
     path = Path(path)
     ids, grp = _check_inputs(case_ids, groups, n_folds, n_repeats, val_fraction)
     if not path.exists():
-        plan = make_splits(ids, grp if groups is not None else None, n_folds, n_repeats, seed, val_fraction)
+        plan = make_splits(ids, grp if groups is not None else None, n_folds, n_repeats, seed, val_fraction, strata)
         plan.to_json(path)
         logger.info("created %s: %d repeat(s) x %d folds over %d cases", path, n_repeats, n_folds, len(ids))
         return plan
@@ -428,6 +495,12 @@ def load_or_create_splits(
             f"{path} does not match this experiment: {'; '.join(problems)}. Reusing it would make the comparison "
             "unpaired: point to a different splits file, delete it to re-split, or use the settings it was made with."
         )
+    if strata is not None:
+        want = dict(zip(ids, _check_strata(strata, len(ids)) or [], strict=True))
+        if plan.strata is None:
+            logger.warning("%s was made without stratification by class: reusing its folds (still paired)", path)
+        elif dict(zip(plan.case_ids, plan.strata, strict=True)) != want:
+            logger.warning("%s was stratified by other classes than these: reusing its folds (still paired)", path)
     if not math.isclose(plan.val_fraction, val_fraction):
         logger.warning(
             "%s was made with val_fraction=%g, not %g: keeping the file's validation sets",

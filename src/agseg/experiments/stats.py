@@ -1,4 +1,5 @@
-"""The statistics of a model comparison, as pure functions on arrays: summaries, Kruskal-Wallis, Wilcoxon, Holm.
+"""The statistics of a model comparison, as pure functions on arrays: summaries, Kruskal-Wallis, Wilcoxon, Holm; for
+classifiers McNemar's test on the same cases and DeLong's test (or a paired bootstrap) of the ROC AUC difference.
 
 Reproduces the statistics of the thesis (seed 000): per-model "mean ± std" over folds and repeats (Tables
 4.1-4.8) and pairwise Kruskal-Wallis p-values (Table 4.9), and adds a paired Wilcoxon signed-rank test on the
@@ -23,13 +24,18 @@ from scipy import stats as sps
 from agseg.metrics.table import summarize as summarize_cases
 
 __all__ = [
+    "CLASSIFIER_PAIRWISE_COLUMNS",
     "PAIRWISE_COLUMNS",
     "SUMMARY_COLUMNS",
     "adjust_pairwise",
+    "auc_bootstrap",
+    "classifier_pair_stats",
+    "delong",
     "holm",
     "kruskal_all",
     "kruskal_pair",
     "match_pairs",
+    "mcnemar",
     "pair_stats",
     "summary_stats",
     "wilcoxon_paired",
@@ -279,3 +285,221 @@ def pair_stats(
         "wilcoxon_p_holm": math.nan,
         "note": "; ".join(notes),
     }
+
+
+# ------------------------------------------------------------------------------------------------- classifiers
+CLASSIFIER_PAIRWISE_COLUMNS = (
+    "model_a",
+    "model_b",
+    "n_pairs",
+    "n_pairs_other_fold",
+    "accuracy_a",
+    "accuracy_b",
+    "only_a_correct",
+    "only_b_correct",
+    "mcnemar_method",
+    "mcnemar_statistic",
+    "mcnemar_p",
+    "mcnemar_p_holm",
+    "auc_a",
+    "auc_b",
+    "auc_diff",
+    "auc_method",
+    "auc_statistic",
+    "auc_p",
+    "auc_p_holm",
+    "note",
+)
+"""Columns of a classifier pairwise row (``agseg compare`` on classifier runs): the keys of
+:func:`classifier_pair_stats` after ``model_a``, ``model_b``."""
+
+#: McNemar's exact binomial test is used below this many discordant pairs, the chi-square test from there on.
+MCNEMAR_EXACT_BELOW = 25
+
+
+def mcnemar(correct_a: Any, correct_b: Any, exact: bool | None = None) -> dict[str, Any]:
+    """McNemar's test of two classifiers on the same cases: do they err on different numbers of cases?
+
+    Only the discordant pairs count: ``b`` cases where only ``a`` is right, ``c`` where only ``b`` is. Exact (the
+    two-sided binomial test of ``b`` in ``b + c`` trials with p = 1/2, ``scipy.stats.binomtest``) when ``b + c`` is
+    below :data:`MCNEMAR_EXACT_BELOW` (``exact=None``), else the chi-square statistic with continuity correction
+    ``(|b - c| - 1)^2 / (b + c)`` on one degree of freedom (Edwards 1948).
+
+    Args:
+        correct_a, correct_b: whether each model classified each case right, aligned ``(n,)``.
+        exact: force the exact (True) or chi-square (False) version; None chooses by the count.
+
+    Returns:
+        ``{"b", "c", "method" ("exact" / "chi2" / "none"), "statistic" (b for exact, chi-square otherwise), "p"}``;
+        without discordant pairs ``p = 1`` and method ``"none"``.
+    """
+    a, bb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != bb.shape:
+        raise ValueError(f"{a.size} and {bb.size} cases: McNemar needs the same cases for both models")
+    b, c = int(np.sum(a & ~bb)), int(np.sum(~a & bb))
+    n = b + c
+    if n == 0:
+        return {"b": b, "c": c, "method": "none", "statistic": 0.0, "p": 1.0}
+    if exact if exact is not None else n < MCNEMAR_EXACT_BELOW:
+        return {"b": b, "c": c, "method": "exact", "statistic": float(b), "p": float(sps.binomtest(b, n, 0.5).pvalue)}
+    chi2 = (abs(b - c) - 1) ** 2 / n
+    return {"b": b, "c": c, "method": "chi2", "statistic": float(chi2), "p": float(sps.chi2.sf(chi2, 1))}
+
+
+def _midrank_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUC and DeLong's structural components of one score: ``V10`` per positive, ``V01`` per negative (ties 1/2),
+    by the midrank algorithm of Sun and Xu (2014)."""
+    m, n = pos.size, neg.size
+    tx, ty = sps.rankdata(pos), sps.rankdata(neg)
+    tz = sps.rankdata(np.concatenate([pos, neg]))
+    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v10 = (tz[:m] - tx) / n
+    v01 = 1.0 - (tz[m:] - ty) / m
+    return float(auc), v10, v01
+
+
+def delong(positive: Any, scores_a: Any, scores_b: Any) -> dict[str, Any]:
+    """DeLong's test of two correlated ROC AUCs (DeLong, DeLong and Clarke-Pearson 1988) on the same cases.
+
+    The AUC of each score is the Mann-Whitney statistic; its variance and the covariance of the two come from the
+    structural components (``V10``: per positive case, the share of negatives it outscores; ``V01``: per negative,
+    the share of positives that outscore it; ties 1/2): ``S = S10 / m + S01 / n``, ``z = (A_a - A_b) /
+    sqrt(S_aa + S_bb - 2 S_ab)``, two-sided normal p. Computed by hand (midranks, Sun and Xu 2014, IEEE Signal
+    Process. Lett. 21:1389) because neither SciPy nor scikit-learn provides it and agseg adds no statistics
+    dependency for one test; ``tests/experiments/test_classifier_stats.py`` checks it against the components computed
+    from their definition.
+
+    Args:
+        positive: the true class of each case as booleans (the positive class), ``(n,)``.
+        scores_a, scores_b: each model's score (probability of the positive class) for the same cases.
+
+    Returns:
+        ``{"auc_a", "auc_b", "diff" (a - b), "var_a", "var_b", "cov", "statistic" (z), "p"}``; NaN statistic and p
+        without positives or negatives, ``z = 0, p = 1`` when the difference has zero variance (identical scores).
+    """
+    y = np.asarray(positive, dtype=bool).ravel()
+    sa, sb = np.asarray(scores_a, dtype=np.float64).ravel(), np.asarray(scores_b, dtype=np.float64).ravel()
+    if not y.size == sa.size == sb.size:
+        raise ValueError(f"{y.size} targets, {sa.size} and {sb.size} scores: DeLong needs the same cases")
+    m, n = int(y.sum()), int((~y).sum())
+    nan = {"auc_a": math.nan, "auc_b": math.nan, "diff": math.nan, "var_a": math.nan, "var_b": math.nan,
+           "cov": math.nan, "statistic": math.nan, "p": math.nan}  # fmt: skip
+    if m < 2 or n < 2:
+        return nan
+    aa, v10a, v01a = _midrank_components(sa[y], sa[~y])
+    ab, v10b, v01b = _midrank_components(sb[y], sb[~y])
+    s10 = np.cov(np.stack([v10a, v10b]))
+    s01 = np.cov(np.stack([v01a, v01b]))
+    cov = s10 / m + s01 / n
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    out = {"auc_a": aa, "auc_b": ab, "diff": aa - ab, "var_a": float(cov[0, 0]), "var_b": float(cov[1, 1]),
+           "cov": float(cov[0, 1])}  # fmt: skip
+    if var <= 1e-15:
+        return {**out, "statistic": 0.0, "p": 1.0}
+    z = (aa - ab) / math.sqrt(var)
+    return {**out, "statistic": float(z), "p": float(2 * sps.norm.sf(abs(z)))}
+
+
+def auc_bootstrap(
+    target: Any,
+    probs_a: Any,
+    probs_b: Any,
+    classes: Sequence[int],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired bootstrap of the ROC AUC difference (for more than two classes: one-vs-rest macro AUC).
+
+    Cases are resampled with replacement (the same resample for both models), ``n_boot`` times; the two-sided p is
+    twice the smaller share of resampled differences on either side of 0 (at least ``1 / n_boot``), the statistic
+    the observed difference over the bootstrap standard deviation. Resamples without every class are redrawn.
+
+    Returns:
+        ``{"auc_a", "auc_b", "diff", "statistic", "p", "n_boot"}``.
+    """
+    from agseg.metrics.classification import roc_auc
+
+    t = np.asarray(target).astype(np.int64).ravel()
+    pa, pb = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    aa, ab = roc_auc(t, pa, classes), roc_auc(t, pb, classes)
+    present = set(np.unique(t).tolist())
+    rng = np.random.default_rng(seed)
+    diffs: list[float] = []
+    tries = 0
+    while len(diffs) < n_boot and tries < 10 * n_boot:
+        tries += 1
+        idx = rng.integers(0, t.size, t.size)
+        if set(np.unique(t[idx]).tolist()) != present:
+            continue
+        diffs.append(roc_auc(t[idx], pa[idx], classes) - roc_auc(t[idx], pb[idx], classes))
+    d = np.asarray(diffs)
+    if not d.size or not np.isfinite(aa - ab):
+        return {"auc_a": aa, "auc_b": ab, "diff": aa - ab, "statistic": math.nan, "p": math.nan, "n_boot": 0}
+    sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
+    p = min(1.0, max(2 * min(np.mean(d <= 0), np.mean(d >= 0)), 1 / d.size))
+    if np.all(d == 0):
+        p = 1.0
+    return {"auc_a": aa, "auc_b": ab, "diff": aa - ab, "statistic": (aa - ab) / sd if sd > 0 else 0.0, "p": float(p),
+            "n_boot": int(d.size)}  # fmt: skip
+
+
+def classifier_pair_stats(
+    target_a: Any,
+    target_b: Any,
+    predicted_a: Any,
+    predicted_b: Any,
+    probs_a: Any | None,
+    probs_b: Any | None,
+    keys_a: Sequence[Any],
+    keys_b: Sequence[Any],
+    fold_a: Any,
+    fold_b: Any,
+    classes: Sequence[int] | None,
+) -> dict[str, Any]:
+    """McNemar and the AUC test of two classifiers on the cases they share (matched on ``keys``).
+
+    Binary problems use :func:`delong` on the positive class's probability (the larger class value); more classes a
+    paired :func:`auc_bootstrap` of the one-vs-rest macro AUC. Without probabilities (or ``classes``) the AUC test
+    is left out with a note.
+
+    Returns:
+        The keys of :data:`CLASSIFIER_PAIRWISE_COLUMNS` after ``model_a``, ``model_b`` (the Holm columns NaN).
+    """
+    ia, ib = match_pairs(keys_a, keys_b)
+    ta, tb = np.asarray(target_a)[ia], np.asarray(target_b)[ib]
+    notes = []
+    if np.any(ta != tb):
+        notes.append(f"{int(np.sum(ta != tb))} matched case(s) have different targets: left out")
+    same = ta == tb
+    ia, ib, t = ia[same], ib[same], ta[same]
+    other_fold = int(np.sum(np.asarray(fold_a)[ia] != np.asarray(fold_b)[ib])) if ia.size else 0
+    if other_fold:
+        notes.append(f"{other_fold} common case(s) were in different folds: the runs used different splits")
+    ca, cb = np.asarray(predicted_a)[ia] == t, np.asarray(predicted_b)[ib] == t
+    row: dict[str, Any] = {"n_pairs": int(ia.size), "n_pairs_other_fold": other_fold}
+    if not ia.size:
+        notes.append("no common (repeat, case_id): no test")
+        nan = dict.fromkeys(CLASSIFIER_PAIRWISE_COLUMNS[4:-1], math.nan)
+        return {**row, **nan, "mcnemar_method": "", "auc_method": "", "note": "; ".join(notes)}
+    mc = mcnemar(ca, cb)
+    row.update({"accuracy_a": float(ca.mean()), "accuracy_b": float(cb.mean()), "only_a_correct": mc["b"],
+                "only_b_correct": mc["c"], "mcnemar_method": mc["method"], "mcnemar_statistic": mc["statistic"],
+                "mcnemar_p": mc["p"], "mcnemar_p_holm": math.nan})  # fmt: skip
+    auc = {"auc_a": math.nan, "auc_b": math.nan, "auc_diff": math.nan, "auc_method": "", "auc_statistic": math.nan,
+           "auc_p": math.nan, "auc_p_holm": math.nan}  # fmt: skip
+    if probs_a is not None and probs_b is not None and classes:
+        pa, pb = np.asarray(probs_a, dtype=np.float64)[ia], np.asarray(probs_b, dtype=np.float64)[ib]
+        if len(classes) == 2:
+            pos_a, pos_b = (p if p.ndim == 1 else p[:, -1] for p in (pa, pb))
+            res = delong(t == int(classes[1]), pos_a, pos_b)
+            method = "delong"
+        else:
+            res = auc_bootstrap(t, pa, pb, classes)
+            method = f"bootstrap ({res['n_boot']})"
+        auc.update({"auc_a": res["auc_a"], "auc_b": res["auc_b"], "auc_diff": res["diff"], "auc_method": method,
+                    "auc_statistic": res["statistic"], "auc_p": res["p"]})  # fmt: skip
+        if not math.isfinite(res["p"]):
+            notes.append("the AUC test needs cases of every class (at least 2 positives and 2 negatives)")
+    else:
+        notes.append("no class probabilities (prob_<class> columns): no AUC test")
+    return {**row, **auc, "note": "; ".join(notes)}

@@ -3,6 +3,12 @@
 read -> the bundle's preprocessing -> whole-image or sliding-window logits (bf16 autocast where it helps) ->
 probabilities -> preprocessing undone (linear resampling of probabilities, then threshold/argmax) -> mask written
 in the input's format with its spacing, origin and direction. Inputs are never overwritten.
+
+A classifier writes ``predictions.csv`` (case, predicted class, ``prob_<class>``); one with attention gates
+(AG-Sononet) also writes, for every image, its attention maps, the boxes :func:`agseg.localise` draws from them
+(``boxes.csv``: ``case, gate, y0, x0, y1, x1, consistent`` in the input's pixel grid, array order, ``y1``/``x1``
+exclusive; ``gate`` is ``box`` for the final box and the gate's name for each gate's own) and an overlay
+``<name>_boxes.png`` (the image with the final box in red and each gate's box in a thin colour).
 """
 
 from __future__ import annotations
@@ -47,12 +53,15 @@ class Prediction:
             foreground / positive class).
         geometry: the input's geometry.
         attention: gate name -> ``(heads, *spatial)`` attention maps in [0, 1] (only when asked for).
+        localisation: a gated classifier's boxes (:class:`~agseg.inference.localise.Localisation`, on the input's
+            pixel grid), or None.
     """
 
     label: np.ndarray
     probs: np.ndarray
     geometry: Geometry
     attention: dict[str, np.ndarray] = field(default_factory=dict)
+    localisation: Any = None
 
 
 class Predictor:
@@ -230,9 +239,16 @@ class Predictor:
         out = [] if self.task == "classification" else [mask]
         if probs and self.task != "classification":
             out.append(mask.with_name(f"{stem}_prob{ext}"))
-        if attention:
+        if attention or self.gated_classifier:
             out.append(mask.with_name(f"{stem}_attention.png"))
+        if self.gated_classifier and self.bundle.model_kwargs.get("spatial_dims", 2) == 2:
+            out.append(mask.with_name(f"{stem}_boxes.png"))
         return out
+
+    @property
+    def gated_classifier(self) -> bool:
+        """A classifier with attention gates: its predictions come with maps and boxes (:func:`agseg.localise`)."""
+        return self.task == "classification" and has_attention(self.model)
 
     def _load(self, case: PredictInput) -> tuple[np.ndarray, Geometry]:
         from agseg.data.cases import CaseRef
@@ -245,10 +261,15 @@ class Predictor:
         overwrite: bool = False,
     ) -> tuple[dict[str, Path], Prediction]:  # fmt: skip
         image, geometry = self._load(case)
+        attention = attention or self.gated_classifier
         try:
             pred = self.predict_array(image.astype(np.float32), geometry, attention=attention)
         except ValueError as err:
             raise DataError(case.source, str(err)) from None
+        if self.gated_classifier and pred.attention:
+            from agseg.inference.localise import localise
+
+            pred.localisation = localise(pred.attention, image.shape[1:], spatial_dims=image.ndim - 1)
         return self._write(case, image, pred, out_dir, probs, attention, suffix, overwrite), pred
 
     def _write(
@@ -259,7 +280,14 @@ class Predictor:
         path = case.source
         mask_path = case.output(out_dir, suffix)
         if self.task == "classification":
-            return self._write_attention(case, image, pred, mask_path, written, overwrite) if attention else written
+            if attention:
+                self._write_attention(case, image, pred, mask_path, written, overwrite)
+            if pred.localisation is not None and image.ndim == 3:
+                stem = split_ext(mask_path)[0]
+                target = mask_path.with_name(f"{stem}_boxes.png")
+                _check_target(case.source, target, overwrite)
+                written["boxes_figure"] = write_boxes_overlay(image, pred.localisation, target)
+            return written
         written["mask"] = safe_write(
             path, mask_path, pred.label, pred.geometry, mask=True, binary=self.label_set.binary, overwrite=overwrite
         )
@@ -320,6 +348,8 @@ class Predictor:
                 _check_target(case.source, t, overwrite, cases)
         if self.task == "classification":
             _check_target(cases[0].source, out / "predictions.csv", overwrite, cases)
+        if self.gated_classifier:
+            _check_target(cases[0].source, out / "boxes.csv", overwrite, cases)
         return cases
 
     def predict_paths(
@@ -329,18 +359,27 @@ class Predictor:
         :meth:`plan`), with a progress bar."""
         cases = self.plan(inputs, out_dir, overwrite=overwrite, **kw)
         results = []
-        rows = []
+        rows, box_rows = [], []
         bar = tqdm(cases, desc="predicting", unit="case", disable=None if progress and len(cases) > 1 else True)
         for case in bar:
             written, pred = self._predict_and_write(case, out_dir, overwrite=overwrite, **kw)
             results.append(written)
             if self.task == "classification":
                 rows.append(self.classification_row(case.name, pred))
+            if pred.localisation is not None:
+                box_rows += box_rows_of(case.name, pred.localisation)
         if rows:
             from agseg.metrics import write_csv
 
-            results.append({"predictions": write_csv(rows, Path(out_dir) / "predictions.csv")})
+            tables = {"predictions": write_csv(rows, Path(out_dir) / "predictions.csv")}
+            if self.gated_classifier:
+                tables["boxes"] = write_boxes_csv(box_rows, Path(out_dir) / "boxes.csv", dims=self._dims)
+            results.append(tables)
         return results
+
+    @property
+    def _dims(self) -> int:
+        return int(self.bundle.model_kwargs.get("spatial_dims") or 2)
 
     def classification_row(self, case_id: str, pred: Prediction) -> dict[str, object]:
         """``{case, predicted class, prob_<class> per class}`` for a classifier's prediction."""
@@ -354,6 +393,76 @@ class Predictor:
         for v, p in zip(ls.values, probs, strict=True):
             row[f"prob_{ls.column_suffix(v)}"] = float(p)
         return row
+
+
+#: names of the box coordinates in ``boxes.csv`` per number of spatial axes (array order)
+BOX_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+#: outline colours of each gate's box in ``<name>_boxes.png`` (the final box is red)
+_GATE_COLOURS = ((0, 200, 255), (255, 220, 0), (60, 255, 60), (255, 0, 255))
+
+
+def box_rows_of(case: str, localisation: Any) -> list[dict[str, Any]]:
+    """``boxes.csv`` rows of one case: the final box (``gate = "box"``, empty coordinates when none was found), then
+    each gate's own box where it has one."""
+    rows = [{"case": case, "gate": "box", "box": localisation.box, "consistent": int(localisation.consistent)}]
+    rows += [
+        {"case": case, "gate": name, "box": b, "consistent": int(localisation.consistent)}
+        for name, b in localisation.boxes.items()
+        if b is not None
+    ]
+    return rows
+
+
+def write_boxes_csv(rows: Sequence[Mapping[str, Any]], path: Path, dims: int = 2) -> Path:
+    """``case, gate, y0, x0, y1, x1, consistent`` (``z0 ...`` in 3D), written atomically."""
+    import csv
+    import io
+
+    from agseg.fileio import atomic_write_text
+
+    axes = BOX_AXES.get(dims, tuple(f"a{i}" for i in range(dims)))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "gate", *(f"{a}0" for a in axes), *(f"{a}1" for a in axes), "consistent"])
+    for r in rows:
+        box = r["box"]
+        coords = list(box.as_tuple()) if box is not None else [""] * (2 * len(axes))
+        w.writerow([r["case"], r["gate"], *coords, r["consistent"]])
+    return Path(atomic_write_text(path, buf.getvalue()))
+
+
+def boxes_overlay(image: np.ndarray, localisation: Any) -> np.ndarray:
+    """The first channel of ``image`` ``(C, H, W)`` as an RGB ``uint8`` picture (1st-99th percentile stretch) with the
+    final box outlined in red and each gate's box in a thinner colour."""
+    img = np.asarray(image[0] if image.ndim == 3 else image, dtype=np.float64)
+    lo, hi = np.percentile(img, [1, 99]) if img.size else (0.0, 1.0)
+    grey = np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * 255
+    rgb = np.repeat(grey.round().astype(np.uint8)[..., None], 3, axis=2)
+    t = max(1, round(max(img.shape) / 256))
+
+    def outline(box: Any, colour: tuple[int, int, int], width: int) -> None:
+        (y0, x0), (y1, x1) = box.start, box.stop
+        for k in range(width):
+            ya, yb = min(y0 + k, y1 - 1), max(y1 - 1 - k, y0)
+            xa, xb = min(x0 + k, x1 - 1), max(x1 - 1 - k, x0)
+            rgb[ya, x0:x1] = rgb[yb, x0:x1] = colour
+            rgb[y0:y1, xa] = rgb[y0:y1, xb] = colour
+
+    for i, b in enumerate(localisation.boxes.values()):
+        if b is not None:
+            outline(b, _GATE_COLOURS[i % len(_GATE_COLOURS)], t)
+    if localisation.box is not None:
+        outline(localisation.box, (255, 0, 0), 2 * t)
+    return rgb
+
+
+def write_boxes_overlay(image: np.ndarray, localisation: Any, path: Path) -> Path:
+    """:func:`boxes_overlay` written as a PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(boxes_overlay(image, localisation)).save(tmp, format="PNG")
+    return path
 
 
 def cv_fold_runs(source: str | Path) -> list[Path]:

@@ -10,6 +10,9 @@ Overlap (:mod:`~agseg.metrics.overlap`): :func:`dice`, :func:`iou`, :func:`preci
 dataset-level (pooled) ratios :class:`PooledOverlap`.
 Distance (:mod:`~agseg.metrics.distance`): :func:`hausdorff` (thesis eq. 3.4; ``percentile=95`` gives HD95),
 :func:`hd95`, :func:`assd`, :func:`surface`, :func:`surface_distances`.
+Classification (:mod:`~agseg.metrics.classification`): :func:`classification_metrics` (accuracy, precision, recall,
+F1 per class and macro, ROC AUC), :func:`classification_summary` (pooled and per fold, for a CV's ``summary.json``),
+:func:`confusion_matrix`, :func:`roc_auc`, :func:`auc_binary`.
 Tables (:mod:`~agseg.metrics.table`): :func:`evaluate_case`, :func:`summarize`, :func:`write_csv`,
 :func:`write_summary_json`, :func:`read_csv`, :func:`read_csv_table`; :data:`DEFAULT_METRICS`, the one default list
 of metric names.
@@ -19,6 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agseg.metrics.classification import (
+    auc_binary,
+    classification_metrics,
+    classification_summary,
+    confusion_matrix,
+    roc_auc,
+)
 from agseg.metrics.distance import assd, hausdorff, hd95, surface, surface_distances
 from agseg.metrics.overlap import (
     PooledOverlap,
@@ -56,8 +66,12 @@ __all__ = [
     "accuracy",
     "as_bool",
     "assd",
+    "auc_binary",
     "check_pair",
+    "classification_metrics",
+    "classification_summary",
     "confusion",
+    "confusion_matrix",
     "dice",
     "evaluate_case",
     "format_summary",
@@ -72,6 +86,7 @@ __all__ = [
     "read_csv",
     "read_csv_table",
     "recall",
+    "roc_auc",
     "sensitivity",
     "specificity",
     "summarize",

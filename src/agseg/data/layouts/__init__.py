@@ -14,17 +14,29 @@
     One folder per case, one file per channel plus a mask file (BRATS).
 ``list`` (:mod:`.case_list`)
     An explicit CSV or JSON case list, with an optional image-level ``class`` per case.
+``class_folders`` (:mod:`.class_folders`)
+    One folder per class (``ROOT/<class name>/*.png``): image classification without masks.
 
 A YAML descriptor (:mod:`.descriptor`) names the layout and its options. Options every layout takes
 (:data:`COMMON_OPTIONS`): ``mask_threshold`` (``"auto"``, a number or ``None``), ``label_map`` (``{raw: label}``),
 ``labels`` (the declared label set: ``[0, 1]``, ``{0: "background", 1: "lung"}`` or ``{"background": 0, "lung": 1}``;
 its values are the allowed mask values), ``merge`` (``"union"`` or ``"index"`` for several mask files),
-``patient_pattern`` (regex whose first group is the patient id), ``drop_alpha``, ``geometry_tol``.
+``patient_pattern`` (regex whose first group is the patient id), ``drop_alpha``, ``geometry_tol``, ``class_pattern``
+(regex whose first group, a number or a class name, is the image-level class of a case without one: the chest X-rays'
+``_0``/``_1``, :mod:`.classes`).
 
 New layouts register with :func:`register_layout` (a scan function returning a :class:`ScanResult`).
 """
 
-from agseg.data.layouts import case_folders, case_list, dsb2018, folders, luna16, msd  # noqa: F401  (registers)
+from agseg.data.layouts import (  # noqa: F401  (registers)
+    case_folders,
+    case_list,
+    class_folders,
+    dsb2018,
+    folders,
+    luna16,
+    msd,
+)
 from agseg.data.layouts.descriptor import DESCRIPTOR_NAMES
 from agseg.data.layouts.registry import (
     COMMON_OPTIONS,

@@ -23,9 +23,10 @@ from agseg.data.layouts.descriptor import descriptor_file, is_descriptor, read_d
 log = logging.getLogger(__name__)
 
 COMMON_OPTIONS = frozenset(
-    {"mask_threshold", "label_map", "labels", "merge", "patient_pattern", "drop_alpha", "geometry_tol"}
+    {"mask_threshold", "label_map", "labels", "merge", "patient_pattern", "drop_alpha", "geometry_tol", "class_pattern"}
 )
-"""Options every layout takes (see :class:`~agseg.data.layouts.common.Builder`)."""
+"""Options every layout takes (see :class:`~agseg.data.layouts.common.Builder`; ``class_pattern``:
+:mod:`~agseg.data.layouts.classes`)."""
 
 
 class ScanResult(NamedTuple):
@@ -82,7 +83,8 @@ def register_layout(
         name: Registry name (what ``layout=`` and descriptors say).
         options: Option names the layout takes besides :data:`COMMON_OPTIONS`.
         detect: ``detect(path) -> bool`` (a folder or a file) so that :func:`detect_layout` recognises it.
-        order: Detection order (built-ins: msd 10, luna16 20, dsb2018 30, folders 40, case_folders 50, list 60).
+        order: Detection order (built-ins: msd 10, luna16 20, dsb2018 30, folders 40, class_folders 45, case_folders 50,
+            list 60).
         **defaults: Option defaults, e.g. ``label_map={3: 1, 4: 1, 5: 0}``, ``labels={0: "background", 1: "lung"}``.
 
     Raises:
@@ -160,7 +162,8 @@ def load_dataset(
         skip_bad: Skip (and log) cases with problems found while scanning (duplicate ids, missing files, ...)
             instead of raising. Problems inside files are found by :meth:`DatasetIndex.check` or on loading.
         **options: Layout options (override the descriptor's), e.g. ``mask_threshold=127``,
-            ``label_map={3: 1, 4: 1, 5: 0}``, ``images="CXR_png"``, ``channels=["Flair*", "T1c*"]``,
+            ``class_pattern="_(\\d)$"``, ``label_map={3: 1, 4: 1, 5: 0}``, ``images="CXR_png"``,
+            ``channels=["Flair*", "T1c*"]``,
             ``labels={0: "background", 1: "lung"}`` (or ``[0, 1]``, or ``{"background": 0, "lung": 1}``).
 
     Returns:
@@ -200,6 +203,11 @@ def load_dataset(
     res = ScanResult(*spec.scan(root, opts))
     cases, problems = _dedupe(res.cases, res.problems)
     labels = res.labels if res.labels is not None else parse_labels(opts.get("labels"))
+    if opts.get("class_pattern"):
+        from agseg.data.layouts.classes import apply_class_pattern
+
+        cases, more = apply_class_pattern(cases, opts["class_pattern"], labels)
+        problems.extend(more)
     skipped = []
     if problems:
         if not skip_bad:
