@@ -149,7 +149,7 @@ def main() -> None:
     meta = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "minutes": args.minutes,
             "seed": args.seed, "n_train": len(train), "n_test": len(test), "torch": torch.__version__}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "results": results, "dice_gap_points": gap, "wilcoxon_p": p},
-                                   indent=1) + "\n")  # fmt: skip
+                                   indent=1) + "\n", encoding="utf-8")  # fmt: skip
     print(f"wrote {args.out}")
 
 

@@ -133,7 +133,7 @@ def main() -> None:
         "machine": platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"\nwritten {args.out}")
     if not all(r["agree_1e-3"] for r in rows):
         raise SystemExit("HD95 values disagree with MONAI")

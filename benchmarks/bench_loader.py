@@ -165,7 +165,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
 
     table = Table(title=f"cxr_lungs {args.size}x{args.size}, {len(cases)} images, batch {args.batch_size}")
     for col in ("stage", "images/s", "seconds", "note"):

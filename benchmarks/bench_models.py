@@ -112,7 +112,7 @@ def main() -> None:
         out[n].update(fp32_median_s=med[n][0], bf16_median_s=med[n][1], fp32_s=r["fp32"], bf16_s=r["bf16"])
     meta = {"repeats": args.repeats, "threads": args.threads, "widths": args.widths, "torch": torch.__version__,
             "machine": platform.processor() or platform.machine()}  # fmt: skip
-    args.out.write_text(json.dumps({"meta": meta, "nets": out}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"meta": meta, "nets": out}, indent=1) + "\n", encoding="utf-8")
     if args.md:
         args.md.write_text(table + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

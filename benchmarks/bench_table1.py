@@ -79,7 +79,7 @@ def main() -> None:
         f"{base['time_fp32_s'] / base['time_bf16_cl_s']:.2f}x"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"input": list(x.shape), "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"input": list(x.shape), "rows": rows}, indent=2), encoding="utf-8")
     print(f"wrote {args.out}")
 
 

@@ -81,7 +81,9 @@ def main() -> None:
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rows": rows, "tests_passed": proc.returncode == 0}, indent=1) + "\n")
+    args.json.write_text(
+        json.dumps({"rows": rows, "tests_passed": proc.returncode == 0}, indent=1) + "\n", encoding="utf-8"
+    )
     print(f"{len(rows)} rows -> {args.md}, {args.json}")
     sys.exit(proc.returncode)
 

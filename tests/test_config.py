@@ -13,7 +13,8 @@ def test_round_trip_and_overrides(tmp_path):
         "name: demo\nseed: 3\n"
         "data: {path: data, preprocess: {target_size: [64, 64]}}\n"
         "model: {name: attention_unet, channels: [8, 16, 32], gating: single}\n"
-        "train: {epochs: 4, lr: 1e-3}\n"
+        "train: {epochs: 4, lr: 1e-3}\n",
+        encoding="utf-8",
     )
     cfg = load_config(p, overrides={"train.epochs": 2, "model.gating": "multi"})
     assert cfg.name == "demo" and cfg.seed == 3
@@ -28,15 +29,15 @@ def test_round_trip_and_overrides(tmp_path):
 
 def test_unknown_keys_list_valid_ones(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text("train: {epoch: 3}\n")
+    p.write_text("train: {epoch: 3}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key.*'epoch'.*valid keys:.*epochs"):
         load_config(p)
-    p.write_text("trian: {}\n")
+    p.write_text("trian: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"unknown section.*valid: cv, data, eval, model, name, seed, train"):
         load_config(p)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    p.write_text("train: {lr: fast}\n")
+    p.write_text("train: {lr: fast}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="train.lr"):
         load_config(p)
 

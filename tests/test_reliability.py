@@ -157,7 +157,7 @@ def test_a_dicom_series_output_leaves_an_existing_series_alone(model3d, tmp_path
     out = tmp_path / "out"
     existing = out / "series"
     write_image(existing, arr[0].round().astype(np.int16), geom.replace(format="dicom"))
-    (existing / "notes.txt").write_text("mine")
+    (existing / "notes.txt").write_text("mine", encoding="utf-8")
     before = _snapshot(existing)
     res = agseg_cli("predict", series, "--run", model3d, "--out", out, category=DATA_LOSS,
                     case="DICOM series predicted into a folder holding a series")  # fmt: skip
@@ -193,14 +193,14 @@ def test_resume_refuses_changed_settings_and_keeps_the_record(cxr, tmp_path, cha
     cfg = _cfg(tmp_path / "e.yaml", cxr)
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", str(cfg), "--out", str(run)]).exit_code == 0
-    before = (run / "config.yaml").read_text()
+    before = (run / "config.yaml").read_text(encoding="utf-8")
     res = agseg_cli("train", cfg, "--out", run, "--resume", "--set", change, category=DATA_LOSS,
                     case=f"--resume with a changed setting ({named})")  # fmt: skip
     one_error_line(res, named, "other settings", code=2)
-    assert (run / "config.yaml").read_text() == before
+    assert (run / "config.yaml").read_text(encoding="utf-8") == before
     res = runner.invoke(app, ["train", str(cfg), "--out", str(run), "--resume", "--set", "train.epochs=2"])
     assert res.exit_code == 0, res.output  # more epochs is a legitimate resume
-    assert (run / "log.csv").read_text().count("\n") == 3
+    assert (run / "log.csv").read_text(encoding="utf-8").count("\n") == 3
 
 
 def test_cv_refuses_a_folder_of_another_cv(cxr, tmp_path):
@@ -284,7 +284,7 @@ def test_evaluate_counts_references_without_a_prediction(tmp_path):
     res = agseg_cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "ev",
                     category=GARBAGE, case="evaluate with references that have no prediction")  # fmt: skip
     one_error_line(res, "2 reference(s) have no prediction", code=3)
-    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert summary["metrics"]["dice"]["n"] == 3 and summary["metrics"]["dice"]["n_missing"] == 2
     before = (tmp_path / "ev" / "summary.json").read_bytes()
     res = agseg_cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "ev",
@@ -346,9 +346,9 @@ def test_predict_multi_channel_cases(tmp_path):
                               str(tmp_path / "o2")])  # fmt: skip
     assert res.exit_code == 0 and [p.name for p in (tmp_path / "o2").iterdir()] == ["a.nii.gz"], res.output
     # a case folder with the channel files the model was trained on (BRATS: one folder per case)
-    info = json.loads((model / "model.json").read_text())
+    info = json.loads((model / "model.json").read_text(encoding="utf-8"))
     info["info"]["channel_patterns"] = ["Flair*", "T1c*"]
-    (model / "model.json").write_text(json.dumps(info))
+    (model / "model.json").write_text(json.dumps(info), encoding="utf-8")
     for case in ("p1", "p2"):
         _volume(tmp_path / "brats" / case / "Flair_x.nii.gz")
         _volume(tmp_path / "brats" / case / "T1c_x.nii.gz")
@@ -385,7 +385,7 @@ CONFIG_MISTAKES = [
 def test_config_mistakes_are_one_line(cxr, tmp_path, text, named):
     cfg = tmp_path / "e.yaml"
     cfg.write_text(f"data: {{path: {cxr}}}\n{text}\n" if not text.startswith("data") else
-                   text.replace("data: {", f"data: {{path: {cxr}, ") + "\n")  # fmt: skip
+                   text.replace("data: {", f"data: {{path: {cxr}, ") + "\n", encoding="utf-8")  # fmt: skip
     res = agseg_cli("train", cfg, "--out", tmp_path / "run", category=TRACE, case=f"config `{text}`")
     one_error_line(res, *named, code=2)
     assert not (tmp_path / "run").exists()
@@ -394,7 +394,7 @@ def test_config_mistakes_are_one_line(cxr, tmp_path, text, named):
 @pytest.mark.parametrize(("text", "what"), [("- a\n- b\n", "list"), ("42\n", "int")])
 def test_a_config_that_is_not_a_mapping(tmp_path, text, what):
     cfg = tmp_path / "e.yaml"
-    cfg.write_text(text)
+    cfg.write_text(text, encoding="utf-8")
     res = agseg_cli("train", cfg, category=TRACE, case=f"a YAML {what} as the whole config")
     one_error_line(res, "e.yaml", "mapping", code=2)
 
@@ -424,9 +424,9 @@ def test_predict_on_cuda_without_a_gpu(model2d, tmp_path):
 )
 def test_a_tampered_model_json(tmp_path, edit, case):
     model = _bundle(tmp_path / "model")
-    d = json.loads((model / "model.json").read_text())
+    d = json.loads((model / "model.json").read_text(encoding="utf-8"))
     edit(d)
-    (model / "model.json").write_text(json.dumps(d))
+    (model / "model.json").write_text(json.dumps(d), encoding="utf-8")
     res = agseg_cli("predict", _png(tmp_path / "x.png"), "--run", model, "--out", tmp_path / "o", category=TRACE,
                     case=case)  # fmt: skip
     one_error_line(res, "model.json")
@@ -450,7 +450,9 @@ def test_a_case_list_with_paths_relative_to_the_wrong_folder(tmp_path, monkeypat
     data = tmp_path / "data"
     _png(data / "img" / "a.png")
     _png(data / "img" / "b.png")
-    (data / "cases.csv").write_text("image\ndata/img/a.png\ndata/img/b.png\n")  # relative to the cwd, not the list
+    (data / "cases.csv").write_text(
+        "image\ndata/img/a.png\ndata/img/b.png\n", encoding="utf-8"
+    )  # relative to the cwd, not the list
     monkeypatch.chdir(tmp_path)
     res = agseg_cli("data", "inspect", data / "cases.csv", category=TRACE,
                     case="a case list whose paths are relative to the current folder")  # fmt: skip
@@ -487,7 +489,7 @@ def _vol_dataset(root: Path, shapes, nan_case: int | None = None, ext: str = ".m
 
 def _vol_cfg(path: Path, data: Path, extra: str = "") -> Path:
     text = f"data: {{path: {data}{extra}}}\nmodel: {{name: unet, channels: [4, 8]}}\n"
-    path.write_text(text + "train: {epochs: 1, batch_size: 2, amp: 'off'}\ncv: {val_fraction: 0.0}\n")
+    path.write_text(text + "train: {epochs: 1, batch_size: 2, amp: 'off'}\ncv: {val_fraction: 0.0}\n", encoding="utf-8")
     return path
 
 
@@ -519,7 +521,7 @@ def test_an_rgb_image_among_grey_ones_is_named_before_any_work(tmp_path):
         Image.fromarray(m).save(root / "masks" / f"c{i}.png")
     cfg = tmp_path / "e.yaml"
     text = f"data: {{path: {root}, preprocess: {{target_size: [16, 16]}}}}\nmodel: {{name: unet, channels: [4, 8]}}\n"
-    cfg.write_text(text + "train: {epochs: 1, batch_size: 2, amp: 'off'}\ncv: {val_fraction: 0.0}\n")
+    cfg.write_text(text + "train: {epochs: 1, batch_size: 2, amp: 'off'}\ncv: {val_fraction: 0.0}\n", encoding="utf-8")
     res = agseg_cli("train", cfg, "--out", tmp_path / "run", category=GARBAGE, case="an RGB image among grey ones")
     one_error_line(res, "c1.png", "3 channel(s)", "1")
     assert not (tmp_path / "run").exists()

@@ -89,7 +89,8 @@ def test_yaml_descriptor(synth_root: Path, tmp_path: Path) -> None:
     desc = tmp_path / "mont.yaml"
     desc.write_text(
         f"layout: folders\nroot: {synth_root / 'montgomery'}\nimages: CXR_png\n"
-        "masks: [ManualMask/leftMask, ManualMask/rightMask]\nmask_threshold: 127\nlabels: [0, 1]\n"
+        "masks: [ManualMask/leftMask, ManualMask/rightMask]\nmask_threshold: 127\nlabels: [0, 1]\n",
+        encoding="utf-8",
     )
     index = load_dataset(desc)
     assert index.layout == "folders" and len(index) == 3 and index.options["mask_threshold"] == 127
@@ -106,11 +107,11 @@ def test_csv_and_json_lists(synth_root: Path, tmp_path: Path) -> None:
         {"image": str(r.image_paths[0]), "mask": str(r.mask_paths[0]), "patient_id": "P1" if i < 2 else "P2"}
         for i, r in enumerate(index)
     ]
-    (tmp_path / "cases.json").write_text(json.dumps(rows))
+    (tmp_path / "cases.json").write_text(json.dumps(rows), encoding="utf-8")
     lst = load_dataset(tmp_path / "cases.json", mask_threshold="auto")
     assert [r.patient_id for r in lst] == ["P1", "P1", "P2", "P2"]
     assert set(np.unique(lst[0].load().label)) == {0, 1}
-    (tmp_path / "rel.csv").write_text("image,mask\nnope.png,nope_mask.png\n")
+    (tmp_path / "rel.csv").write_text("image,mask\nnope.png,nope_mask.png\n", encoding="utf-8")
     with pytest.raises(DataError, match="nope.png.*not found"):
         load_dataset(tmp_path / "rel.csv")
 
@@ -126,7 +127,8 @@ def test_nnunet_channel_files_grouped(tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text(
         json.dumps(
             {"channel_names": {"0": "T2", "1": "ADC"}, "labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"}
-        )
+        ),
+        encoding="utf-8",
     )
     msd = load_dataset(tmp_path)
     assert msd.layout == "msd" and msd.case_ids == ["a", "b"] and msd[0].mask_spec.labels == (0, 1)

@@ -96,7 +96,7 @@ def _msd(root: Path, labels: dict, n: int = 3, training: bool = True) -> Path:
         dj |= {"modality": {"0": "MRI"}, "numTraining": n, "training": items}
     else:
         dj |= {"channel_names": {"0": "MRI"}, "file_ending": ".nii.gz", "numTraining": n}
-    (root / "dataset.json").write_text(json.dumps(dj))
+    (root / "dataset.json").write_text(json.dumps(dj), encoding="utf-8")
     return root
 
 
@@ -155,7 +155,7 @@ def test_synthetic_msd_fixture_declares_its_labels(synth_root: Path) -> None:
 )
 def test_descriptor_labels(synth_root: Path, tmp_path: Path, yaml_labels: str, expected: dict) -> None:
     desc = tmp_path / "cxr.yaml"
-    desc.write_text(f"layout: folders\nroot: {synth_root / 'cxr'}\nlabels: {yaml_labels}\n")
+    desc.write_text(f"layout: folders\nroot: {synth_root / 'cxr'}\nlabels: {yaml_labels}\n", encoding="utf-8")
     index = load_dataset(desc)
     assert index.labels == expected
     assert all(c.mask_spec.labels == tuple(expected) for c in index)
@@ -164,7 +164,7 @@ def test_descriptor_labels(synth_root: Path, tmp_path: Path, yaml_labels: str, e
 
 def test_mask_outside_declared_descriptor_labels_names_the_file(synth_root: Path, tmp_path: Path) -> None:
     desc = tmp_path / "cxr.yaml"
-    desc.write_text(f"root: {synth_root / 'cxr'}\nlabels: {{background: 0}}\n")
+    desc.write_text(f"root: {synth_root / 'cxr'}\nlabels: {{background: 0}}\n", encoding="utf-8")
     index = load_dataset(desc)
     assert index.layout == "folders" and index.labels == {0: "background"}
     mask = index[0].mask_paths[0]
@@ -174,7 +174,7 @@ def test_mask_outside_declared_descriptor_labels_names_the_file(synth_root: Path
 
 def test_bad_labels_option(synth_root: Path, tmp_path: Path) -> None:
     desc = tmp_path / "cxr.yaml"
-    desc.write_text(f"root: {synth_root / 'cxr'}\nlabels: {{0: background, lung: 1}}\n")
+    desc.write_text(f"root: {synth_root / 'cxr'}\nlabels: {{0: background, lung: 1}}\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"cxr\.yaml: bad 'labels': labels mixes values and names"):
         load_dataset(desc)
     with pytest.raises(ValueError, match="bad 'labels' option: label value -1 is negative"):
@@ -254,7 +254,7 @@ def test_csv_class_column_becomes_target(synth_root: Path, tmp_path: Path) -> No
     rows.append(f"{refs[1].image_paths[0]},,0")  # labelled for classification only
     rows.append(f"{refs[2].image_paths[0]},{refs[2].mask_paths[0]},")  # segmentation only
     rows.append(f"{refs[3].image_paths[0]},,")  # unlabelled
-    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     index = load_dataset(tmp_path / "cases.csv")
     assert [c.target for c in index] == [1, 0, None, None]
     assert [c.has_mask for c in index] == [True, False, True, False]  # the target is not a mask
@@ -268,14 +268,14 @@ def test_csv_class_column_becomes_target(synth_root: Path, tmp_path: Path) -> No
 def test_json_target_keys(synth_root: Path, tmp_path: Path, key: str) -> None:
     refs = load_dataset(synth_root / "cxr").cases
     rows = [{"image": str(r.image_paths[0]), key: i % 2} for i, r in enumerate(refs)]
-    (tmp_path / "cases.json").write_text(json.dumps(rows))
+    (tmp_path / "cases.json").write_text(json.dumps(rows), encoding="utf-8")
     index = load_dataset(tmp_path / "cases.json")
     assert [c.target for c in index] == [0, 1, 0, 1] and len(index.with_targets()) == 4 and not index.labelled()
 
 
 def test_bad_class_value_names_the_list(synth_root: Path, tmp_path: Path) -> None:
     ref = load_dataset(synth_root / "cxr")[0]
-    (tmp_path / "cases.csv").write_text(f"image,class\n{ref.image_paths[0]},tb\n")
+    (tmp_path / "cases.csv").write_text(f"image,class\n{ref.image_paths[0]},tb\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"cases\.csv: row 1: class 'tb' is not a non-negative integer"):
         load_dataset(tmp_path / "cases.csv")
     with pytest.raises(ValueError, match="target must be a non-negative int"):
@@ -297,7 +297,7 @@ def test_target_survives_save_and_dict_round_trips(synth_root: Path, tmp_path: P
     assert CaseRef.from_dict(cases[0].to_dict()).target == 2
     assert cases[0] != CaseRef(cases[0].case_id, cases[0].image_paths, (), "P0", target=1)  # part of equality
     # no target anywhere: the list is written as before (no target column)
-    plain = save_case_list(refs, tmp_path / f"plain{ending}").read_text()
+    plain = save_case_list(refs, tmp_path / f"plain{ending}").read_text(encoding="utf-8")
     assert "target" not in plain
 
 
@@ -327,7 +327,7 @@ def test_real_hippocampus_as_msd_declares_anterior_posterior(shared_data: Path, 
         "modality": {"0": "MRI"},
         "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
     }
-    (root / "dataset.json").write_text(json.dumps(dj | {"numTraining": 3, "training": training}))
+    (root / "dataset.json").write_text(json.dumps(dj | {"numTraining": 3, "training": training}), encoding="utf-8")
     index = load_dataset(root)
     assert index.layout == "msd" and len(index) == 3 and index.labels == HIPPOCAMPUS
     seen = set()

@@ -39,7 +39,7 @@ def _cfg(tmp_path, data, extra=""):
 def test_a_3d_anunet_trains_and_predicts_in_the_inputs_geometry(volumes, tmp_path):
     res = runner.invoke(app, ["train", str(_cfg(tmp_path, volumes)), "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
-    bundle = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    bundle = json.loads((tmp_path / "run" / "model" / "model.json").read_text(encoding="utf-8"))
     assert bundle["model_name"] == "anunet" and bundle["model_kwargs"]["spatial_dims"] == 3
     vol = sorted((volumes / "images").iterdir())[0]
     res = runner.invoke(app, ["predict", str(vol), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "o")])
@@ -76,5 +76,5 @@ def test_a_cv_scores_every_pruning_level_of_the_same_nets(volumes, tmp_path):
     p = pred.predict_array(case.image, case.geometry)
     dice = case_metrics(p.label, case.label, case.geometry.array_spacing, ["dice"], [1, 2])["dice"]
     assert dice == pytest.approx(ids[case.case_id]["dice"])
-    summary = json.loads((tmp_path / "cv" / "summary_L1.json").read_text())
+    summary = json.loads((tmp_path / "cv" / "summary_L1.json").read_text(encoding="utf-8"))
     assert summary["metrics"]["dice"]["n"] == 6 and summary["level"] == 1

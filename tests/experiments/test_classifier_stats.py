@@ -116,8 +116,8 @@ def test_pairs_are_matched_on_their_keys():
 def _write_cv(root, name, target, probs, folds=5):
     run = root / name
     run.mkdir(parents=True)
-    (run / "labels.json").write_text(json.dumps({"labels": {"0": "normal", "1": "tuberculosis"}}))
-    with (run / "metrics.csv").open("w", newline="") as fh:
+    (run / "labels.json").write_text(json.dumps({"labels": {"0": "normal", "1": "tuberculosis"}}), encoding="utf-8")
+    with (run / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "repeat", "fold", "case_id", "predicted", "predicted_class", "prob_normal",
                     "prob_tuberculosis", "target", "correct"])  # fmt: skip
@@ -146,7 +146,7 @@ def test_compare_two_classifier_cvs(tmp_path):
     assert pair["auc_p"] < 0.05 and pair["mcnemar_p_holm"] == pytest.approx(pair["mcnemar_p"])  # one pair: Holm = p
     written = {p.name for p in write_comparison(cmp, tmp_path / "cmp", plots=False)}
     assert {"classifier_summary.csv", "classifier_pairwise.csv", "compare.md"} <= written
-    md = (tmp_path / "cmp" / "compare.md").read_text()
+    md = (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
     assert "## Classifiers" in md and "delong" in md and "McNemar p" in md
     res = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
@@ -157,10 +157,11 @@ def test_segmentation_comparisons_have_no_classifier_section(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.csv").write_text(
-            "model,repeat,fold,case_id,dice\n" + "".join(f"{name},0,{i % 2},c{i},{0.5 + i / 100}\n" for i in range(6))
+            "model,repeat,fold,case_id,dice\n" + "".join(f"{name},0,{i % 2},c{i},{0.5 + i / 100}\n" for i in range(6)),
+            encoding="utf-8",
         )
     cmp = compare_runs([tmp_path / "a", tmp_path / "b"])
     assert cmp.classifier_summary == [] and cmp.classifier_pairwise == []
     write_comparison(cmp, tmp_path / "out", plots=False)
     assert not (tmp_path / "out" / "classifier_summary.csv").exists()
-    assert "## Classifiers" not in (tmp_path / "out" / "compare.md").read_text()
+    assert "## Classifiers" not in (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")

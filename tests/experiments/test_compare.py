@@ -31,7 +31,7 @@ def _write_run(
     """A run dir with metrics.csv; ``dice``/``hd95`` have shape (N_REPEATS, N_CASES)."""
     run = root / name
     run.mkdir(parents=True)
-    with (run / "metrics.csv").open("w", newline="") as fh:
+    with (run / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "repeat", "fold", "case_id", "dice", "hd95", "image"])
         for r in range(N_REPEATS):
@@ -41,7 +41,7 @@ def _write_run(
                     [name, r, (i + r) % N_FOLDS, f"case{i:02d}", repr(float(dice[r, i])), repr(float(h)), "x.png"]
                 )
     if config is not None:
-        (run / "config.yaml").write_text(config)
+        (run / "config.yaml").write_text(config, encoding="utf-8")
     return run
 
 
@@ -123,9 +123,9 @@ def test_identical_runs_give_p_one(tmp_path):
 def test_no_common_cases_gives_nan_wilcoxon_with_note(tmp_path):
     a = _write_run(tmp_path, "a", np.full((N_REPEATS, N_CASES), 0.8))
     b = _write_run(tmp_path, "b", np.full((N_REPEATS, N_CASES), 0.9))
-    header, body = (b / "metrics.csv").read_text().split("\n", 1)
+    header, body = (b / "metrics.csv").read_text(encoding="utf-8").split("\n", 1)
     text = header + "\n" + body.replace(",case", ",other")
-    (b / "metrics.csv").write_text(text)
+    (b / "metrics.csv").write_text(text, encoding="utf-8")
     row = compare_runs([a, b], metrics=["dice"]).pair("dice", "a", "b")
     assert math.isnan(row["wilcoxon_p"]) and row["n_pairs"] == 0 and "no common" in row["note"]
     assert row["kw_p"] < 1e-6
@@ -157,10 +157,10 @@ def test_single_run_and_bad_inputs(runs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         load_run(tmp_path / "empty")
-    (tmp_path / "nometric.csv").write_text("model,repeat,fold,case_id,image\nm,0,0,c1,x.png\n")
+    (tmp_path / "nometric.csv").write_text("model,repeat,fold,case_id,image\nm,0,0,c1,x.png\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no numeric metric"):
         load_run(tmp_path / "nometric.csv")
-    (tmp_path / "dup.csv").write_text("model,repeat,fold,case_id,dice\nm,0,0,c1,0.5\nm,0,1,c1,0.6\n")
+    (tmp_path / "dup.csv").write_text("model,repeat,fold,case_id,dice\nm,0,0,c1,0.5\nm,0,1,c1,0.6\n", encoding="utf-8")
     with pytest.raises(ValueError, match="twice"):
         load_run(tmp_path / "dup.csv")
 
@@ -171,7 +171,7 @@ def test_numeric_looking_case_ids_stay_distinct_strings(tmp_path):
     rows_b = [("1e1", 0.1), ("010", 0.2), ("1", 0.3), ("001", 0.4)]
     for name, rows in (("a", rows_a), ("b", rows_b)):
         text = "model,repeat,fold,case_id,dice\n" + "".join(f"{name},0,0,{c},{v}\n" for c, v in rows)
-        (tmp_path / f"{name}.csv").write_text(text)
+        (tmp_path / f"{name}.csv").write_text(text, encoding="utf-8")
     ra = load_run(tmp_path / "a.csv")
     assert ra.case_id == ["001", "1", "010", "1e1"]
     row = compare_runs([tmp_path / "a.csv", tmp_path / "b.csv"]).pair("dice", "a", "b")
@@ -183,7 +183,8 @@ def test_numeric_looking_case_ids_stay_distinct_strings(tmp_path):
 def test_multi_model_csv_and_duplicate_labels(tmp_path):
     (tmp_path / "all.csv").write_text(
         "model,repeat,fold,case_id,dice\n"
-        + "".join(f"{m},0,{i % 2},c{i},{v + i / 100}\n" for m, v in (("u", 0.5), ("g", 0.7)) for i in range(6))
+        + "".join(f"{m},0,{i % 2},c{i},{v + i / 100}\n" for m, v in (("u", 0.5), ("g", 0.7)) for i in range(6)),
+        encoding="utf-8",
     )
     runs = load_runs(tmp_path / "all.csv")
     assert [r.label for r in runs] == ["u", "g"]

@@ -39,7 +39,7 @@ def test_png_folders_binary(tmp_path):
         assert r["dice"] == pytest.approx(dice(preds[i], refs[i]))
         assert r["hd95"] == pytest.approx(hd95(preds[i], refs[i]))
     assert summary["dice"]["n"] == 3
-    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     assert saved["metrics"]["dice"]["mean"] == pytest.approx(np.mean([r["dice"] for r in rows]))
     # pooled Dice = Dice of all cases' pixels laid side by side (not the mean of per-case values)
     pooled = dice(np.concatenate([preds[i] for i in range(3)]), np.concatenate([refs[i] for i in range(3)]))
@@ -133,7 +133,7 @@ def test_evaluate_run_reproduces_the_cv_table_and_adds_pooled(tmp_path):
     total = sum(int((p != 0).sum() + (q != 0).sum()) for p, q in zip(preds, refs, strict=True))
     assert res.pooled["dice"] == pytest.approx(2 * tp / total)
     assert set(res.summary) == {"dice", "hd95", "recall"}  # repeat/fold are not metrics
-    saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    saved = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert saved["pooled"]["dice"] == pytest.approx(res.pooled["dice"]) and saved["folds"] == [
         "repeat0_fold0",
         "repeat0_fold1",

@@ -73,9 +73,9 @@ def test_a_class_in_one_case_of_forty_gives_a_three_output_net(rare_class, tmp_p
     train, val = train_split(cfg, index)
     run = train_model(cfg, tmp_path / "run", train, val, index=index)
     assert run.model.out_channels == 3
-    bundle = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    bundle = json.loads((tmp_path / "run" / "model" / "model.json").read_text(encoding="utf-8"))
     assert bundle["labels"] == [0, 1, 2]
-    record = json.loads((tmp_path / "run" / "labels.json").read_text())
+    record = json.loads((tmp_path / "run" / "labels.json").read_text(encoding="utf-8"))
     assert record["cases_with_value"] == {"0": 40, "1": 40, "2": 1}
     assert record["source"].startswith("counted over 40")
 
@@ -128,7 +128,10 @@ def test_multiclass_png_predictions_keep_values_and_evaluate_run_agrees(multicla
     assert res.folds_done == 2
     # a fold scored before class names reached the columns (dice_1, dice_2) keeps its own column names
     fold = tmp_path / "cv" / "repeat0_fold0" / "metrics.csv"
-    fold.write_text(fold.read_text().replace("dice_organ", "dice_1").replace("dice_spot", "dice_2"))
+    fold.write_text(
+        fold.read_text(encoding="utf-8").replace("dice_organ", "dice_1").replace("dice_spot", "dice_2"),
+        encoding="utf-8",
+    )
     old = evaluate_run(tmp_path / "cv" / "repeat0_fold0", metrics=["dice"])
     assert {"dice_1", "dice_2"} <= set(old.rows[0]) and "dice_organ" not in old.rows[0]
     # and a CV whose folds were scored differently says so in one line instead of a KeyError
@@ -217,7 +220,7 @@ def class_list(tmp_path_factory) -> Path:
             img[6:18, 6:18] += 120
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"x{i:02d}.png")
         rows.append(f"x{i:02d}.png,{i % 2}")
-    (root / "cases.csv").write_text("\n".join(rows) + "\n")
+    (root / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root / "cases.csv"
 
 
@@ -237,13 +240,13 @@ def test_a_classifier_is_cross_validated_and_predicted_by_the_same_commands(tiny
     for r in rows:
         assert r["prob_normal"] + r["prob_square"] == pytest.approx(1.0, abs=1e-5)
         assert r["correct"] == float(r["predicted"] == r["target"])
-    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text(encoding="utf-8"))
     accuracy = summary["metrics"]["correct"]["mean"]
     assert accuracy == pytest.approx(np.mean([r["correct"] for r in rows]))
     assert accuracy >= 0.75, "the tiny classifier should learn bright squares"
-    log = (tmp_path / "cv" / "repeat0_fold0" / "log.csv").read_text()
+    log = (tmp_path / "cv" / "repeat0_fold0" / "log.csv").read_text(encoding="utf-8")
     assert "train_acc" in log.splitlines()[0]
-    bundle = json.loads((tmp_path / "cv" / "repeat0_fold0" / "model" / "model.json").read_text())
+    bundle = json.loads((tmp_path / "cv" / "repeat0_fold0" / "model" / "model.json").read_text(encoding="utf-8"))
     assert bundle["task"] == "classification" and bundle["labels"] == [0, 1]
     res = runner.invoke(
         app,

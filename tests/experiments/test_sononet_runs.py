@@ -58,16 +58,16 @@ def test_cv_writes_per_case_classes_a_classification_summary_and_stratified_fold
         rows = read_csv(cv / "metrics.csv")
         assert len(rows) == 24 and {"target", "predicted", "prob_none", "prob_square", "correct"} <= set(rows[0])
         assert all(r["case_id"].endswith(f"_{int(r['target'])}") for r in rows)  # the class came from the name
-        block = json.loads((cv / "summary.json").read_text())["classification"]
+        block = json.loads((cv / "summary.json").read_text(encoding="utf-8"))["classification"]
         pooled = block["pooled"]
         assert pooled["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rows]))
         assert {"precision_macro", "recall_macro", "f1_macro", "roc_auc", "f1_square", "recall_none"} <= set(pooled)
         assert block["n_folds"] == 2 and set(block["fold_mean"]) == set(block["fold_std"])
-        plan = json.loads((cv / "splits.json").read_text())
+        plan = json.loads((cv / "splits.json").read_text(encoding="utf-8"))
         assert plan["stratified"] is True
         for f in plan["folds"]:  # 6 of each class in every test fold of 12
             assert sorted(int(c[-1]) for c in f["test"]) == [0] * 6 + [1] * 6, model
-    bundle = json.loads((cvs["ag_sononet"] / "repeat0_fold0" / "model" / "model.json").read_text())
+    bundle = json.loads((cvs["ag_sononet"] / "repeat0_fold0" / "model" / "model.json").read_text(encoding="utf-8"))
     assert bundle["task"] == "classification" and bundle["model_name"] == "ag_sononet"
 
 
@@ -80,7 +80,7 @@ def test_predict_writes_predictions_maps_and_boxes(cvs, shapes, tmp_path):
     pred = read_csv(out / "predictions.csv", text_columns=("case", "predicted_class"))
     assert [r["case"] for r in pred] == ["shape_000_0", "shape_001_1"]
     assert {"predicted", "predicted_class", "prob_none", "prob_square"} <= set(pred[0])
-    with (out / "boxes.csv").open() as fh:
+    with (out / "boxes.csv").open(encoding="utf-8") as fh:
         boxes = list(csv.DictReader(fh))
     assert list(boxes[0]) == ["case", "gate", "y0", "x0", "y1", "x1", "consistent"]
     for case in ("shape_000_0", "shape_001_1"):
@@ -113,7 +113,7 @@ def test_ag_sononet_is_initialised_from_a_sononet_run(cvs, shapes, tmp_path):
     res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "ag"), "--init-from",
                               str(cvs["sononet"] / "repeat0_fold0"), "--set", "train.epochs=1"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    report = json.loads((tmp_path / "ag" / "init_from.json").read_text())
+    report = json.loads((tmp_path / "ag" / "init_from.json").read_text(encoding="utf-8"))
     loaded = set(report["loaded"])
     assert loaded and all(k.startswith("features.") for k in loaded)
     feature_params = {k for k in report["loaded"] + report["missing"] if k.startswith("features.")}
@@ -123,7 +123,7 @@ def test_ag_sononet_is_initialised_from_a_sononet_run(cvs, shapes, tmp_path):
 def test_compare_the_two_classifier_cvs(cvs, tmp_path):
     res = runner.invoke(app, ["compare", str(cvs["sononet"]), str(cvs["ag_sononet"]), "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    with (tmp_path / "classifier_pairwise.csv").open() as fh:
+    with (tmp_path / "classifier_pairwise.csv").open(encoding="utf-8") as fh:
         (pair,) = list(csv.DictReader(fh))
     assert pair["n_pairs"] == "24" and pair["auc_method"] == "delong" and pair["mcnemar_method"] in ("exact", "none")
-    assert "## Classifiers" in (tmp_path / "compare.md").read_text()
+    assert "## Classifiers" in (tmp_path / "compare.md").read_text(encoding="utf-8")

@@ -83,7 +83,7 @@ def test_ungrouped_uses_each_case_as_group():
 def test_json_round_trip_and_schema(tmp_path):
     plan = make_splits(IDS, GROUPS, n_folds=5, n_repeats=2, seed=5)
     path = plan.to_json(tmp_path / "sub" / "splits.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["version"] == 1
     assert {"seed", "n_folds", "n_repeats", "val_fraction", "case_ids", "groups", "folds"} <= set(data)
     assert set(data["folds"][0]) == {"repeat", "fold", "train", "val", "test"}
@@ -95,11 +95,11 @@ def test_json_round_trip_and_schema(tmp_path):
 def test_from_json_rejects_broken_plan(tmp_path):
     data = make_splits(IDS, GROUPS, n_folds=5).to_dict()
     data["folds"][0]["test"].append(data["folds"][1]["test"][0])
-    (tmp_path / "bad.json").write_text(json.dumps(data))
+    (tmp_path / "bad.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.json"):
         SplitPlan.from_json(tmp_path / "bad.json")
     data["version"] = 2
-    (tmp_path / "v2.json").write_text(json.dumps(data))
+    (tmp_path / "v2.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match="version"):
         SplitPlan.from_json(tmp_path / "v2.json")
 

@@ -52,13 +52,13 @@ def test_splits_json_round_trip_and_older_files(tmp_path, caplog):
     ids, groups, strata = _data(n=40)
     plan = make_splits(ids, groups, n_folds=4, seed=1, strata=strata)
     path = plan.to_json(tmp_path / "splits.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["version"] == 1 and data["stratified"] is True and len(data["strata"]) == 40
     back = SplitPlan.from_json(path)
     assert back.strata == plan.strata and back.folds == plan.folds
     # a segmentation plan (no strata) has no strata keys and still reads
     seg = make_splits(ids, groups, n_folds=4, seed=1).to_json(tmp_path / "seg.json")
-    assert "strata" not in json.loads(seg.read_text()) and SplitPlan.from_json(seg).strata is None
+    assert "strata" not in json.loads(seg.read_text(encoding="utf-8")) and SplitPlan.from_json(seg).strata is None
     # reusing an unstratified file for a classifier keeps its folds, with a warning
     with caplog.at_level(logging.WARNING):
         again = load_or_create_splits(seg, ids, groups, n_folds=4, seed=1, strata=strata)
@@ -66,7 +66,7 @@ def test_splits_json_round_trip_and_older_files(tmp_path, caplog):
     created = load_or_create_splits(tmp_path / "new.json", ids, groups, n_folds=4, seed=1, strata=strata)
     assert created.folds == plan.folds
     bad = dict(data, strata=[0, 1])
-    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    (tmp_path / "bad.json").write_text(json.dumps(bad), encoding="utf-8")
     with pytest.raises(ValueError, match="2 strata for 40 case ids"):
         SplitPlan.from_json(tmp_path / "bad.json")
 

@@ -24,7 +24,7 @@ def test_cxr_tb_is_small_documented_and_a_gated_classifier():
     info = pretrained_info("cxr-tb")
     assert info["trained_on"] and info["licence"] and info["cv_performance"]
     assert "research" in json.dumps(info).lower()  # research use only, stated with the model
-    meta = json.loads((pretrained_path("cxr-tb") / "model.json").read_text())
+    meta = json.loads((pretrained_path("cxr-tb") / "model.json").read_text(encoding="utf-8"))
     assert meta["task"] == "classification" and meta["model_name"].startswith("ag_sononet")
 
 
@@ -35,11 +35,11 @@ def test_cxr_tb_predicts_probabilities_maps_and_boxes_offline(tmp_path):
     res = CliRunner().invoke(app, ["predict", "--model", "cxr-tb", str(tmp_path / "xray.png"), "--out",
                                    str(tmp_path / "o")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    with (tmp_path / "o" / "predictions.csv").open() as fh:
+    with (tmp_path / "o" / "predictions.csv").open(encoding="utf-8") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["case"] == "xray" and row["predicted_class"] in ("normal", "tuberculosis")
     assert float(row["prob_normal"]) + float(row["prob_tuberculosis"]) == pytest.approx(1.0, abs=1e-5)
-    with (tmp_path / "o" / "boxes.csv").open() as fh:
+    with (tmp_path / "o" / "boxes.csv").open(encoding="utf-8") as fh:
         boxes = list(csv.DictReader(fh))
     assert boxes[0]["case"] == "xray" and boxes[0]["gate"] == "box"
     assert np.asarray(Image.open(tmp_path / "o" / "xray_boxes.png")).shape == (512, 512, 3)

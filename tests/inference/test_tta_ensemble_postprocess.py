@@ -135,7 +135,7 @@ def cv(tmp_path_factory):
 
 def test_a_finished_cv_chooses_postprocessing_and_estimates_it_cross_validated(cv):
     out, _ = cv
-    d = json.loads((out / "postprocessing.json").read_text())
+    d = json.loads((out / "postprocessing.json").read_text(encoding="utf-8"))
     assert set(d["classes"]) == {"1"} and "cv_estimate" in d and d["n_cases"] == 9
     assert set(d["cv_estimate"]["decision_per_fold"]) == {"repeat0_fold0", "repeat0_fold1", "repeat0_fold2"}
     rows = read_csv(out / "metrics_postprocessed.csv", text_columns=("model", "case_id"))
@@ -144,7 +144,7 @@ def test_a_finished_cv_chooses_postprocessing_and_estimates_it_cross_validated(c
     for r in rows:  # a fold whose decision is "none" keeps its scores exactly
         if not d["cv_estimate"]["decision_per_fold"][f"repeat0_fold{int(r['fold'])}"]:
             assert r["dice"] == pytest.approx(before[r["case_id"]]["dice"])
-    bundle = json.loads((out / "repeat0_fold0" / "model" / "model.json").read_text())
+    bundle = json.loads((out / "repeat0_fold0" / "model" / "model.json").read_text(encoding="utf-8"))
     assert bundle["mirror_axes"] == [1]  # eval.mirror_axes travels with the model
 
 

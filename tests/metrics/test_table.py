@@ -76,7 +76,7 @@ def test_read_csv_keeps_text_columns_and_strips_header(tmp_path):
 def test_json_is_valid_and_text_table(tmp_path):
     s = summarize([*ROWS, {"case": "f", "dice": float("nan")}])
     path = write_summary_json(s, tmp_path / "summary.json", run="demo")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["run"] == "demo"
     assert data["metrics"]["hd95"]["n_undefined"] == 4
     assert data["metrics"]["dice"]["n_nan"] == 1

@@ -92,7 +92,7 @@ def cls_cv(tmp_path_factory) -> Path:
                 img[6:18, 6:18] += 120
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"x{i:02d}.png")
             rows.append(f"x{i:02d}.png,{i % 2}")
-        (root / "cases.csv").write_text("\n".join(rows) + "\n")
+        (root / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         cfg = from_dict({
             "name": "cls",
             "data": {"path": str(root / "cases.csv"), "labels": {0: "normal", 1: "square"},

@@ -193,7 +193,7 @@ def test_a_moved_dataset_leaves_out_the_gallery_and_says_why(seg_cvs, tmp_path):
     shutil.copytree(seg_cvs["attention"], cv)
     data = str(Path(seg_cvs["attention"]).parent / "data")
     for cfg in cv.rglob("config.yaml"):
-        cfg.write_text(cfg.read_text().replace(data, str(tmp_path / "gone")))
+        cfg.write_text(cfg.read_text(encoding="utf-8").replace(data, str(tmp_path / "gone")), encoding="utf-8")
     rep = build_report([cv])
     assert not figure(rep, "case_") and figure(rep, "curves_") and figure(rep, "attention_evolution")
     assert "3 gallery case(s) left out" in rep.html and "dataset path not found" in rep.html

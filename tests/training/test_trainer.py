@@ -90,7 +90,9 @@ def test_resume_after_crash_mid_epoch_gives_identical_weights(tmp_path):
     assert [int(r["epoch"]) for r in resumed.history] == [1, 2, 3]
     assert resumed.history[0]["train_loss"] == ref.history[0]["train_loss"]
     assert resumed.history[-1]["train_loss"] == ref.history[-1]["train_loss"]
-    log_epochs = [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    log_epochs = [
+        line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text(encoding="utf-8").splitlines()[1:]
+    ]
     assert log_epochs == ["1", "2", "3"]
     # the test can fail: restoring the weights alone (without optimiser, schedule and RNG state) does not reproduce
     # the uninterrupted run

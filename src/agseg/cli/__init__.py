@@ -128,6 +128,15 @@ app.command("compare")(compare_cli.compare)
 app.command("report")(report_cli.report)
 
 
+def _tolerate_narrow_terminals() -> None:
+    """Under an ASCII locale (``LANG=C`` on many cluster nodes) print ``±`` as ``?`` rather than crash on it."""
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if enc and enc not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main() -> None:
     """Console entry point."""
+    _tolerate_narrow_terminals()
     app()

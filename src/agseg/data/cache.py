@@ -106,7 +106,7 @@ class PreprocessCache:
         """The cached ``(image, label, record)`` for ``key``, or ``None``."""
         ip, lp, jp = self._paths(key)
         try:
-            meta = json.loads(jp.read_text())
+            meta = json.loads(jp.read_text(encoding="utf-8"))
             mode = "r" if self.mmap else None
             image = np.load(ip, mmap_mode=mode)
             label = np.load(lp, mmap_mode=mode) if meta.get("has_label") else None
@@ -155,7 +155,7 @@ class PreprocessCache:
         """A small JSON object stored with :meth:`save_json` (``None`` if absent)."""
         p = self._paths(key)[2]
         try:
-            return json.loads(p.read_text())
+            return json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
 

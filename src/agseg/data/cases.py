@@ -312,11 +312,11 @@ def save_case_list(cases: Sequence[CaseRef], path: str | Path) -> Path:
     if any(c.target is not None for c in cases):
         fields.append("target")
     if p.suffix.lower() == ".csv":
-        with open(p, "w", newline="") as f:
+        with open(p, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for r in rows:
                 w.writerow({**r, "image": ";".join(r["image"]), "mask": ";".join(r["mask"])})
     else:
-        p.write_text(json.dumps({"cases": rows}, indent=1))
+        p.write_text(json.dumps({"cases": rows}, indent=1), encoding="utf-8")
     return p

@@ -104,7 +104,7 @@ def data_files(path: str | Path) -> list[Path]:
     if low.endswith((".mhd", ".nhdr")) and p.is_file():
         key = "elementdatafile" if low.endswith(".mhd") else "data file"
         try:
-            head = p.read_text(errors="replace")[:20000]
+            head = p.read_text(errors="replace", encoding="utf-8")[:20000]
         except OSError:
             return out
         for line in head.splitlines():

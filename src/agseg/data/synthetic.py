@@ -275,7 +275,7 @@ def write_dataset(
             "training": training,
             "test": [],
         }
-        (root / "dataset.json").write_text(json.dumps(dj, indent=2))
+        (root / "dataset.json").write_text(json.dumps(dj, indent=2), encoding="utf-8")
     return root
 
 
@@ -382,8 +382,8 @@ def write_shape_dataset(
         write_image(root / "masks" / f"{name}.png", (masks[i] * 255).astype(np.uint8), geom)
         rows.append(f"images/{name}.png,{c}")
         box_rows.append(f"{name},{','.join(str(int(v)) for v in boxes[i])}")
-    (root / "boxes.csv").write_text("\n".join(box_rows) + "\n")
+    (root / "boxes.csv").write_text("\n".join(box_rows) + "\n", encoding="utf-8")
     if layout == "list":
-        (root / "cases.csv").write_text("\n".join(rows) + "\n")
+        (root / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         return root / "cases.csv"
     return root / "classes" if layout == "class_folders" else root

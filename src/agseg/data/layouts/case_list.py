@@ -62,10 +62,10 @@ def scan_list(path: Path, o: dict[str, Any]) -> ScanResult:
         base = list_file.parent / base
     try:
         if list_file.suffix.lower() == ".csv":
-            with open(list_file, newline="") as f:
+            with open(list_file, newline="", encoding="utf-8") as f:
                 rows: list[dict[str, Any]] = list(csv.DictReader(f))
         else:
-            data = json.loads(list_file.read_text())
+            data = json.loads(list_file.read_text(encoding="utf-8"))
             rows = data if isinstance(data, list) else data.get("cases", data.get("training"))
             if not isinstance(rows, list):
                 raise ValueError("expected a list of cases, or {'cases': [...]}")

@@ -42,7 +42,7 @@ def read_descriptor(path: Path) -> tuple[Path, dict[str, Any]]:
     """
     f = descriptor_file(path)
     try:
-        d = yaml.safe_load(f.read_text()) or {}
+        d = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f, f"cannot read dataset descriptor: {e}") from e
     if not isinstance(d, dict):

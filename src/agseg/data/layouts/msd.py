@@ -28,7 +28,7 @@ def scan_msd(root: Path, o: dict[str, Any]) -> ScanResult:
     """Scan the MSD / nnU-Net dataset in ``root`` (the folder holding ``dataset.json``)."""
     dj_path = root / "dataset.json"
     try:
-        dj = json.loads(dj_path.read_text())
+        dj = json.loads(dj_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(dj_path, f"cannot read dataset.json: {e}") from e
     build = Builder(o, None if "labels" in o else msd_labels(dj.get("labels"), dj_path))  # the option wins
