@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agseg.blocks import ops
 from agseg.blocks.conv import ConvNormAct
 from agseg.layers import Conv, check_spatial_dims, make_norm, resize_to
 
@@ -137,5 +138,5 @@ class AttentionGateBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [gate(x, g) for gate in self.gates]
-        y = torch.cat([o[0] for o in outs], dim=1) if self.heads > 1 else outs[0][0]
-        return self.fuse(y), torch.cat([o[1] for o in outs], dim=1)
+        y = ops.cat([o[0] for o in outs], dim=1) if self.heads > 1 else outs[0][0]
+        return self.fuse(y), ops.cat([o[1] for o in outs], dim=1)

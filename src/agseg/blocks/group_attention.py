@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from agseg.blocks import ops
 from agseg.blocks.squeeze_excite import SqueezeExcitation
 from agseg.layers import Conv, check_spatial_dims, make_norm
 
@@ -210,7 +211,7 @@ class ResGroupAttentionBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch ``y`` ``(B, C, *spatial)`` (everything but the shortcut)."""
         attended, _ = self.attend(self.proj_in(x))
-        return self.se(self.proj_out(torch.cat(self.embed_groups(attended), dim=1)))
+        return self.se(self.proj_out(ops.cat(self.embed_groups(attended), dim=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.branch(x)

@@ -49,6 +49,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from agseg.blocks import ops
 from agseg.blocks.group_attention import ResGroupAttentionBlock
 from agseg.layers import Conv, check_spatial_dims, make_norm, resize_to
 from agseg.nets.base import SegmentationNet
@@ -125,7 +126,7 @@ class MultiScaleFusionHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor], size: Sequence[int]) -> Output:
         outs = self.scales(feats, size)
-        fused = self.fuse(torch.cat([torch.sigmoid(o) for o in outs], dim=1))
+        fused = self.fuse(ops.cat([torch.sigmoid(o) for o in outs], dim=1))
         if self.deep_supervision and self.training:
             return [fused, *outs]
         return fused

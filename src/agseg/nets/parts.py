@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from agseg.blocks import ops
 from agseg.blocks.attention_gate import AttentionGateBlock
 from agseg.blocks.conv import ConvNormAct, Resize, UpConv
 from agseg.blocks.registry import BlockFactory, make_block
@@ -232,7 +233,7 @@ class UNetDecoder(nn.Module):
                 if alpha is not None and attention is not None:
                     attention[f"level{level}"] = alpha
             up = self.ups[level](h, skip.shape[2:])
-            h = self.blocks[level](torch.cat([skip, up], dim=1) if self.merge == "concat" else skip + up)
+            h = self.blocks[level](ops.cat([skip, up], dim=1) if self.merge == "concat" else skip + up)
             outs.append(h)
         return outs[::-1]
 
@@ -375,7 +376,7 @@ class DeepSupervisionHead(nn.Module):
             return self.heads[0](feats[0])
         outs = [resize_to(head(f), size) for head, f in zip(self.heads, feats, strict=False)]
         if self.fuse is not None:
-            outs.insert(0, self.fuse(torch.cat(outs, dim=1)))
+            outs.insert(0, self.fuse(ops.cat(outs, dim=1)))
         return outs if self.training else outs[0]
 
 
@@ -560,5 +561,5 @@ class NestedDecoder(nn.Module):
                     if attention is not None:
                         attention[self.gate_name(i, j, k)] = alpha
                 skips = gated
-            x[(i, j)] = self.blocks[key](torch.cat([*skips, u], dim=1))
+            x[(i, j)] = self.blocks[key](ops.cat([*skips, u], dim=1))
         return x

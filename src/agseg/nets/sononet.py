@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agseg.blocks import ops
 from agseg.blocks.attention_gate import GridAttentionGate
 from agseg.blocks.conv import ConvNormAct
 from agseg.layers import Conv, MaxPool, check_spatial_dims, make_norm, resize_to
@@ -412,7 +413,7 @@ class AGSononet(_SononetBase):
                 vectors.append((weights * xl.float()).flatten(2).sum(-1))
             maps[f"gate{i}"] = scaled
         vectors.append(_global_avg(g).float())
-        logits = self.classifier(torch.cat(vectors, dim=1))
+        logits = self.classifier(ops.cat(vectors, dim=1))
         if self.deep_supervision and self.training:
             return [logits, *(head(v) for head, v in zip(self.heads, vectors, strict=True))], maps
         return logits, maps
