@@ -83,13 +83,14 @@ def main() -> None:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     cl(xcl)
                 rows[name]["bf16"].append(time.perf_counter() - t)
+    load = os.getloadavg()[0]  # other jobs on the machine while this ran (it is named in the caption)
     l4, unet = rows["anunet L4"], rows["unet"]
     med = {n: (statistics.median(r["fp32"]), statistics.median(r["bf16"])) for n, r in rows.items()}
     lines = [
         f"Measured by `python benchmarks/bench_models.py --repeats {args.repeats} --threads {args.threads}` on "
         f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {args.threads} thread(s)), "
         f"torch {torch.__version__}; widths {'-'.join(map(str, args.widths))} for U-Net, Attention U-Net and "
-        "ANU-Net. FLOPs count a multiply-add as 2.",
+        f"ANU-Net. FLOPs count a multiply-add as 2. Load average at the end of the run: {load:.2f}.",
         "",
         "| net | input | params | FLOPs (G) | fp32 ms | bf16 ms | params vs ANU-Net L4 | fp32 time vs L4 | "
         "bf16 time vs L4 | FLOPs vs U-Net | paper |",
@@ -111,7 +112,7 @@ def main() -> None:
         out[n] = {k: v for k, v in r.items() if k not in ("fp32", "bf16")}
         out[n].update(fp32_median_s=med[n][0], bf16_median_s=med[n][1], fp32_s=r["fp32"], bf16_s=r["bf16"])
     meta = {"repeats": args.repeats, "threads": args.threads, "widths": args.widths, "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine()}  # fmt: skip
+            "machine": platform.processor() or platform.machine(), "loadavg_1min": load}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "nets": out}, indent=1) + "\n", encoding="utf-8")
     if args.md:
         args.md.write_text(table + "\n", encoding="utf-8")
