@@ -128,8 +128,12 @@ def test_attention_maps(name: str, spatial_dims: int):
         a = maps[f"level{lvl}"]
         assert a.shape == (x.shape[0], heads, *sizes[lvl])
         assert a.min() >= 0 and a.max() <= 1
-        # Gates start open: alpha >= 0.9 everywhere (seed 001: "pass through feature vectors at all locations").
-        assert a.min() >= 0.9, f"{name} level{lvl}: min alpha {a.min():.3f} at init"
+        # Gates start open: alpha >= 0.9 everywhere (seed 001: "pass through feature vectors at all locations");
+        # the thesis presets use PyTorch's initialisation (the thesis describes none)
+        if model.skips.gates[str(lvl)].gates[0].init == "open":
+            assert a.min() >= 0.9, f"{name} level{lvl}: min alpha {a.min():.3f} at init"
+        else:
+            assert name.startswith("attention_unet_thesis")
 
 
 def test_plain_init_is_not_open():

@@ -50,6 +50,12 @@ class AttentionUNet(UNet):
         sub_sample: factor by which gates sub-sample the skip (2: the papers' grid attention); with per-axis
             ``pool_sizes`` only along the axes the skip's level pools.
         gate_init: ``"open"`` (alpha >= 0.9 at init, the papers) or ``"default"`` (PyTorch's init).
+        gate_style: ``"oktay"`` (default: seed 001/003's gate) or ``"thesis"`` (seed 000 Table 3.2: batch norm on
+            theta/phi/psi, max-pool sub-sampling, ``alpha * x`` without an output transform, ``F_int = C``, single
+            gating at full resolution); see :class:`~agseg.nets.parts.AttentionSkips`.
+        gate_norm, gate_output_transform, gate_sub_sample_mode: override single choices of the style.
+        ``inter_ratio`` (default 0.5, thesis 1.0) and ``sub_sample`` (default 2, thesis single gating 1) follow the
+        style when not given.
 
     Attributes:
         skips: the :class:`~agseg.nets.parts.AttentionSkips` (``skips.gating_signal``, ``skips.gates``).
@@ -74,11 +80,15 @@ class AttentionUNet(UNet):
         gating: str = "multi",
         gated_levels: Iterable[int] | None = None,
         attention_heads: int = 1,
-        inter_ratio: float = 0.5,
-        sub_sample: int = 2,
+        inter_ratio: float | None = None,
+        sub_sample: int | None = None,
         gate_init: str = "open",
         block: str | BlockFactory = "double_conv",
         pool_sizes: PoolSizes | None = None,
+        gate_style: str = "oktay",
+        gate_norm: bool | None = None,
+        gate_output_transform: bool | None = None,
+        gate_sub_sample_mode: str | None = None,
     ) -> None:
         super().__init__(
             spatial_dims,
@@ -103,6 +113,10 @@ class AttentionUNet(UNet):
             gate_init=gate_init,
             norm=norm,
             pool_sizes=self.pool_sizes,
+            gate_style=gate_style,
+            gate_norm=gate_norm,
+            gate_output_transform=gate_output_transform,
+            gate_sub_sample_mode=gate_sub_sample_mode,
         )
         self.gating, self.gated_levels = gating, self.skips.gated_levels
 
@@ -128,6 +142,9 @@ register_model(
     description="seed 001's 3D CT Attention U-Net: multi gating, 2 heads, deep supervision, 16-256",
     paper="seed 001 Table 1",
 )
+# The thesis presets use the thesis gate (Table 3.2) and PyTorch's initialisation: the thesis describes no open
+# initialisation of the gates (seed 001/003 do).
+_THESIS_GATE = {"gate_style": "thesis", "gate_init": "default"}
 register_model(
     "attention_unet_thesis2d_single",
     AttentionUNet,
@@ -136,9 +153,10 @@ register_model(
         "channels": (64, 128, 256, 512, 1024),
         "gating": "single",
         "gated_levels": (0, 1, 2, 3),
+        **_THESIS_GATE,
     },
-    description="thesis 2D single-gating Attention U-Net, all 4 skips gated",
-    paper="seed 000 sec. 3.2.1",
+    description="thesis 2D single-gating Attention U-Net, all 4 skips gated, the thesis gate at full resolution",
+    paper="seed 000 sec. 3.2.1, Table 3.2",
 )
 register_model(
     "attention_unet_thesis2d_multi",
@@ -148,14 +166,21 @@ register_model(
         "channels": (64, 128, 256, 512, 1024),
         "gating": "multi",
         "gated_levels": (0, 1, 2, 3),
+        **_THESIS_GATE,
     },
-    description="thesis 2D multi-gating Attention U-Net, all 4 skips gated",
-    paper="seed 000 sec. 3.2.1",
+    description="thesis 2D multi-gating Attention U-Net, all 4 skips gated, the thesis gate (max pooling)",
+    paper="seed 000 sec. 3.2.1, Table 3.2",
 )
 register_model(
     "attention_unet_thesis3d",
     AttentionUNet,
-    defaults={"spatial_dims": 3, "channels": (32, 64, 128, 256), "gating": "multi", "gated_levels": (0, 1, 2)},
-    description="thesis 3D multi-gating Attention U-Net, widths 32-64-128-256",
-    paper="seed 000 sec. 3.2.2",
+    defaults={
+        "spatial_dims": 3,
+        "channels": (32, 64, 128, 256),
+        "gating": "multi",
+        "gated_levels": (0, 1, 2),
+        **_THESIS_GATE,
+    },
+    description="thesis 3D multi-gating Attention U-Net, widths 32-64-128-256, the thesis gate",
+    paper="seed 000 sec. 3.2.2, Table 3.2",
 )

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from agseg.blocks import ops
-from agseg.blocks.attention_gate import AttentionGateBlock
+from agseg.blocks.attention_gate import GATE_STYLES, AttentionGateBlock
 from agseg.blocks.conv import ConvNormAct, Resize, UpConv
 from agseg.blocks.registry import BlockFactory, make_block
 from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
@@ -260,6 +260,14 @@ class AttentionSkips(nn.Module):
         gate_init: ``"open"`` or ``"default"`` (see :class:`~agseg.blocks.attention_gate.GridAttentionGate`).
         norm: norm of the gating signal and the gates' output transforms.
         pool_sizes: the encoder's pool sizes.
+        gate_style: ``"oktay"`` (seed 001/003: strided-conv sub-sampling, no norm inside the gate, output 1x1 conv +
+            norm, ``F_int = C/2``, x sub-sampled by 2) or ``"thesis"`` (seed 000 Table 3.2: a norm after theta, phi
+            and psi, max-pool sub-sampling, ``alpha * x`` as the new skip, ``F_int = C``, and single gating at the
+            skip's full resolution). ``inter_ratio``, ``sub_sample`` and the three ``gate_*`` switches below, when
+            given, override what the style says.
+        gate_norm: a norm after theta, phi and psi.
+        gate_output_transform: the output 1x1 conv + norm on ``alpha * x``.
+        gate_sub_sample_mode: ``"conv"`` or ``"maxpool"``.
 
     Attributes:
         gating_signal: the 1x1 conv + norm + ReLU of the bottleneck.
@@ -277,15 +285,32 @@ class AttentionSkips(nn.Module):
         gated_levels: Iterable[int] | None = None,
         gating: str = "multi",
         heads: int = 1,
-        inter_ratio: float = 0.5,
-        sub_sample: int = 2,
+        inter_ratio: float | None = None,
+        sub_sample: int | None = None,
         gate_init: str = "open",
         norm: str = "batch",
         pool_sizes: PoolSizes | None = None,
+        gate_style: str = "oktay",
+        gate_norm: bool | None = None,
+        gate_output_transform: bool | None = None,
+        gate_sub_sample_mode: str | None = None,
     ) -> None:
         super().__init__()
         if gating not in GATINGS:
             raise ValueError(f"unknown gating {gating!r}; valid: {', '.join(GATINGS)}")
+        if gate_style not in GATE_STYLES:
+            raise ValueError(f"unknown gate_style {gate_style!r}; valid: {', '.join(GATE_STYLES)}")
+        thesis = gate_style == "thesis"
+        inter_ratio = (1.0 if thesis else 0.5) if inter_ratio is None else inter_ratio
+        sub_sample = (1 if thesis and gating == "single" else 2) if sub_sample is None else sub_sample
+        gate_kwargs = {
+            "gate_norm": thesis if gate_norm is None else bool(gate_norm),
+            "output_transform": (not thesis) if gate_output_transform is None else bool(gate_output_transform),
+            "sub_sample_mode": ("maxpool" if thesis else "conv")
+            if gate_sub_sample_mode is None
+            else gate_sub_sample_mode,
+        }
+        self.gate_style = gate_style
         c = tuple(int(ch) for ch in channels)
         n_skips = len(c) - 1
         levels = sorted(set(range(1, n_skips) if gated_levels is None else (int(i) for i in gated_levels)))
@@ -312,6 +337,7 @@ class AttentionSkips(nn.Module):
                 sub_sample=_kernel(factors),
                 init=gate_init,
                 norm=norm,
+                **gate_kwargs,
             )
 
     @property
