@@ -358,7 +358,10 @@ class TrainConfig:
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         lr: initial learning rate; momentum, nesterov, weight_decay as in ``torch.optim``.
         schedule: ``"constant"``, ``"cosine"``, ``"step"`` (``step_size`` epochs, factor ``gamma``) or ``"poly"``.
-        warmup_epochs: linear warm-up epochs before the schedule.
+        warmup_epochs: warm-up epochs before the schedule.
+        warmup_mode: ``"linear"`` (the lr ramps up to ``lr``) or ``"constant"`` (``warmup_factor * lr`` throughout the
+            warm-up, then the schedule from ``lr``: seed 003's warm start, 0.01 for 5 epochs before 0.1).
+        warmup_factor: the constant warm-up's fraction of ``lr``.
         loss: loss name (``agseg.losses.create_loss``) and ``loss_kwargs``; ``"auto"``: the task's default
             (``dice_ce`` for segmentation, ``ce`` for classification).
         ds_weights: deep-supervision weights per output (finest first); null for the loss's default.
@@ -388,6 +391,8 @@ class TrainConfig:
     step_size: int = 30
     gamma: float = 0.1
     warmup_epochs: int = 0
+    warmup_mode: str = "linear"
+    warmup_factor: float = 0.1
     loss: str = "auto"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     ds_weights: list[float] | None = None
@@ -410,6 +415,10 @@ class TrainConfig:
         for name in ("warmup_epochs", "attention_every", "early_stop_patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_mode not in ("linear", "constant"):
+            raise ValueError(f"warmup_mode must be 'linear' or 'constant', got {self.warmup_mode!r}")
+        if not 0 < self.warmup_factor <= 1:
+            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
         if not (self.lr > 0 and self.lr < 1e3):
             raise ValueError(f"lr must be a positive learning rate below 1000, got {self.lr}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:

@@ -257,6 +257,22 @@ def test_schedules_and_quick_dice():
         Trainer(torch.nn.Conv2d(1, 1, 1), bce, Squares(2), None, make_trainer_bad, "/tmp/x")
 
 
+def test_constant_warm_start_is_seed_003s():
+    # seed 003: "warm start" with lr 0.01 for 5 epochs, then 0.1 with x0.1 step decay (a linear ramp before)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cfg = TrainConfig(epochs=40, lr=0.1, schedule="step", step_size=20, gamma=0.1, warmup_epochs=5,
+                      warmup_mode="constant", warmup_factor=0.1)  # fmt: skip
+    sched = build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.01] * 5) and lrs[5] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="warmup_mode"):
+        TrainConfig(warmup_mode="cosine")
+
+
 def test_denormal_flushing_does_not_leak_out_of_training(tmp_path):
     """Flush-to-zero stays inside fit(): left on, it made SciPy's cKDTree (distance metrics) crash later."""
     import numpy as np

@@ -71,14 +71,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-epoch learning-rate factor: linear warm-up, then constant, cosine, step or poly decay."""
+    """Per-epoch learning-rate factor: a linear or constant warm-up, then constant, cosine, step or poly decay."""
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
     warm, total = cfg.warmup_epochs, max(1, cfg.epochs)
 
     def factor(epoch: int) -> float:
         if epoch < warm:
-            return (epoch + 1) / (warm + 1)
+            return cfg.warmup_factor if cfg.warmup_mode == "constant" else (epoch + 1) / (warm + 1)
         t = (epoch - warm) / max(1, total - warm)
         if cfg.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
