@@ -61,6 +61,23 @@ def test_anunet_eps_keeps_the_singular_point_finite():
     assert loss.item() == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("y0", [0.3, 0.1, 0.7])
+def test_anunet_loss_pulls_every_ground_truth_voxel_towards_its_class(y0):
+    # Differentiated literally, alpha log(Y) / |Y - 0.5|^2 has a spurious minimum near Y = 0.05: from Y = 0.3 or 0.1
+    # the gradient pushed the class probability *down* (a 3-class softmax starts near 1/3, so a 3D ANU-Net learnt
+    # nothing on hippocampus). With the weight detached (the default) descent raises Y wherever Y starts.
+    gt = torch.ones(1, 1, 4, 4)
+    x = torch.full((1, 1, 4, 4), math.log(y0 / (1 - y0)), requires_grad=True)  # sigmoid(x) = y0
+    anunet_hybrid_loss(x, gt).backward()
+    assert (x.grad < 0).all()  # descending the loss raises x, hence Y
+    literal = x.detach().clone().requires_grad_()
+    anunet_hybrid_loss(literal, gt, detach_weight=False).backward()
+    if y0 < 0.5:
+        assert (literal.grad > 0).all()  # the literal gradient pushes Y away from the class: why we detach
+    # the value is eq. 3's either way
+    torch.testing.assert_close(anunet_hybrid_loss(x, gt), anunet_hybrid_loss(x, gt, detach_weight=False))
+
+
 def _focusnet_by_hand(p: torch.Tensor, g: torch.Tensor, k=0.5, omega_b=0.7, a=0.3, b=0.7, s=1e-5):
     cb = -(omega_b * g * torch.log(p) + (1 - omega_b) * (1 - g) * torch.log(1 - p)).mean()
     tp = (p * g).sum()

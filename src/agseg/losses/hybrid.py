@@ -65,6 +65,7 @@ def _anunet_single(
     exclude_classes: Sequence[int] | None,
     batch: bool,
     activation: str,
+    detach_weight: bool = True,
 ) -> torch.Tensor:
     """One term of eq. 3, per sample ``(B,)`` (``(1,)`` with ``batch``)."""
     prep = prepare(input, target, activation=activation, exclude_classes=exclude_classes)
@@ -72,6 +73,8 @@ def _anunet_single(
     logp = prep.log_prob if include_background or prep.prob.shape[1] == 1 else prep.log_prob[:, 1:]
     # focal-like term alpha * Ybar * log(Y) / |Y - 0.5|^gamma (<= 0); eps keeps it finite at Y = 0.5
     weight = (p - 0.5).abs().clamp_min(eps).pow(-gamma) if gamma != 0 else torch.ones_like(p)
+    if detach_weight:  # a per-voxel weight, as the focal loss's modulating factor is meant (see the docstring)
+        weight = weight.detach()
     focal = (alpha * g * logp * weight).sum(1, keepdim=True)  # (B, 1, *spatial)
     mask = prep.mask
     if batch:
@@ -98,6 +101,7 @@ def anunet_hybrid_loss(
     batch: bool = False,
     activation: str = "auto",
     reduction: str = "mean",
+    detach_weight: bool = True,
 ) -> torch.Tensor:
     """ANU-Net hybrid loss (seed 002 eq. 3), **summed** over the deep-supervision outputs.
 
@@ -106,6 +110,16 @@ def anunet_hybrid_loss(
     ground truth contribute, as written) and ``D_i`` the squared-denominator soft Dice (eq. 1) averaged over
     classes. The paper's ``1 / |Y - 0.5|^gamma`` is infinite at ``Y = 0.5`` (a freshly initialised net's output),
     so ``|Y - 0.5|`` is clamped at ``eps`` (our addition; ``eps=0`` gives the literal formula).
+
+    The uncertainty weight ``1 / |Y - 0.5|^gamma`` is a per-voxel weight without a gradient
+    (``detach_weight=True``, our choice). Differentiated, as eq. 3 literally reads, the term of a ground-truth voxel,
+    ``-alpha log(Y) / |Y - 0.5|^2``, has a minimum at ``Y`` near 0.05 besides the one at ``Y = 1`` (by hand:
+    91.6 at Y = 0.4, 17.9 at 0.2, 14.8 at 0.05, 19.2 at 0.01): every voxel that starts below 0.5 (all of them under
+    a 3-class softmax, which starts near 1/3) is pushed *away* from its class. Trained that way a 3D ANU-Net on
+    MSD hippocampus predicted no background at all after 3 epochs (train Dice 0.02), and a U-Net overfitting 4
+    cases for 40 steps reached Dice 0.02 where ``dice_ce`` reached 0.78 / 0.88. The paper's words ("assigns higher
+    values to more uncertain inputs", "forcing the loss function to learn from this hard example") describe a
+    weight; ``detach_weight=False`` gives the literal gradient.
 
     Args:
         outputs: logits ``(B, C, *spatial)`` or a list of them (deep supervision; the paper has 4).
@@ -119,6 +133,7 @@ def anunet_hybrid_loss(
         batch: Dice over the whole batch (and one focal mean for the batch).
         activation: ``"auto"``, ``"sigmoid"``, ``"softmax"`` or ``"none"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over samples.
+        detach_weight: the uncertainty weight carries no gradient (default; see above).
 
     Returns:
         Scalar (sum over outputs of the per-output loss), or per-sample values for ``reduction="none"``.
@@ -140,6 +155,7 @@ def anunet_hybrid_loss(
             exclude_classes=exclude_classes,
             batch=batch,
             activation=activation,
+            detach_weight=detach_weight,
         )
         total = term if total is None else total + term
     assert total is not None
@@ -161,6 +177,7 @@ class ANUNetHybridLoss(FunctionalLoss):
         batch: bool = False,
         activation: str = "auto",
         reduction: str = "mean",
+        detach_weight: bool = True,
     ) -> None:
         super().__init__(anunet_hybrid_loss, **init_kwargs(locals()))
 
