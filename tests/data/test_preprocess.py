@@ -160,6 +160,27 @@ def test_global_zscore_needs_fit_and_uses_dataset_stats() -> None:
     assert again.fingerprint() == pre.fingerprint() and not again.needs_fit
 
 
+def test_global_zscore_on_the_working_grid_weighs_every_case_alike() -> None:
+    # the thesis: mean and std "of the resampled dataset". Two cases, 2x2 at value 0 and 8x8 at value 10, both
+    # resized to 4x4: per voxel of the originals the mean is (4*0 + 64*10) / 68 = 9.41; per case on the working grid
+    # it is (0 + 10) / 2 = 5 with std 5. This test failed before global_stats existed (TypeError).
+    from agseg.data import Case
+
+    cases = [
+        Case("small", "a", np.zeros((1, 2, 2), np.float32), Geometry.identity((2, 2))),
+        Case("large", "b", np.full((1, 8, 8), 10.0, np.float32), Geometry.identity((8, 8))),
+    ]
+    voxel = Preprocessor(PreprocessConfig(intensity="zscore_global", target_size=(4, 4))).fit(cases)
+    assert voxel.stats["mean"] == pytest.approx([640 / 68])
+    working = Preprocessor(
+        PreprocessConfig(intensity="zscore_global", target_size=(4, 4), crop_or_pad=(6, 6), global_stats="working")
+    ).fit(cases)
+    assert working.stats["mean"] == pytest.approx([5.0]) and working.stats["std"] == pytest.approx([5.0])
+    assert working.stats["weighting"] == "case, working grid"
+    with pytest.raises(ValueError, match="global_stats"):
+        PreprocessConfig(global_stats="resampled")
+
+
 def test_label_map_and_threshold_in_config() -> None:
     g = Geometry.identity((2, 3))
     img = np.zeros((1, 2, 3), np.float32)

@@ -92,9 +92,12 @@ class PreprocessCache:
         blob = {"v": CACHE_VERSION, "case": self._sources(ref), "pre": preprocessor.to_dict()}
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
-    def stats_key(self, refs: Sequence[CaseRef]) -> str:
-        """Key for global intensity statistics of ``refs`` (see :meth:`Preprocessor.fit`)."""
-        blob = {"v": CACHE_VERSION, "stats": [self._sources(r)["images"] for r in refs]}
+    def stats_key(self, refs: Sequence[CaseRef], extra: dict[str, Any] | None = None) -> str:
+        """Key for global intensity statistics of ``refs`` (see :meth:`Preprocessor.fit`); ``extra``: what else
+        they depend on (the working grid's settings)."""
+        blob: dict[str, Any] = {"v": CACHE_VERSION, "stats": [self._sources(r)["images"] for r in refs]}
+        if extra is not None:
+            blob["extra"] = extra
         return "stats-" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
     def _paths(self, key: str) -> tuple[Path, Path, Path]:

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,10 @@ class PreprocessConfig:
         label_map: ``{raw value: label}`` applied to masks (values not listed, except 0, are an error).
         mask_threshold: ``mask > threshold`` -> 1, before ``label_map``.
         antialias: Low-pass 2D images before shrinking (torch's antialiased bilinear).
+        global_stats: Where ``zscore_global`` takes its mean and std: ``"original"`` (all voxels of the original
+            images, so a case weighs by its voxel count) or ``"working"`` (each case on the working grid, after
+            ``target_spacing`` / ``target_size``, before ``crop_or_pad``, every case weighing the same: the thesis,
+            "the global mean and standard deviation of the resampled dataset").
     """
 
     target_spacing: tuple[float, ...] | None = None
@@ -75,6 +79,7 @@ class PreprocessConfig:
     label_map: Mapping[int, int] | None = None
     mask_threshold: float | None = None
     antialias: bool = True
+    global_stats: str = "original"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_spacing", _tuple(self.target_spacing, float))
@@ -85,6 +90,8 @@ class PreprocessConfig:
             object.__setattr__(self, "label_map", {int(k): int(v) for k, v in dict(self.label_map).items()})
         if self.intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if self.global_stats not in ("original", "working"):
+            raise ValueError(f"global_stats must be 'original' or 'working', got {self.global_stats!r}")
         if self.intensity == "ct_window" and (self.window is None or len(self.window) != 2):
             raise ValueError("intensity='ct_window' needs window=(lo, hi)")
         if self.window is not None and self.window[1] <= self.window[0]:
@@ -276,8 +283,10 @@ class Preprocessor:
     def fit(self, cases: Iterable[Case | CaseRef], *, cache: Any = None, progress: bool = False) -> Preprocessor:
         """Compute global per-channel mean/std over ``cases`` (needed by ``zscore_global``; a no-op otherwise).
 
-        Statistics are taken over all voxels of the original images (linear resampling keeps them, to a close
-        approximation). With a :class:`~agseg.data.cache.PreprocessCache`, they are stored and reused by later runs.
+        With ``global_stats="original"`` statistics are taken over all voxels of the original images (linear
+        resampling keeps them, to a close approximation); with ``"working"`` per case on the resampled grid and
+        averaged with equal weight per case (mean of the case means; variance from the mean of the case second
+        moments). With a :class:`~agseg.data.cache.PreprocessCache`, they are stored and reused by later runs.
 
         Returns:
             ``self``.
@@ -287,7 +296,7 @@ class Preprocessor:
         cases = list(cases)
         key = None
         if cache is not None and all(isinstance(c, CaseRef) for c in cases):
-            key = cache.stats_key(cases)
+            key = cache.stats_key(cases, extra=self._working_grid_key())
             if (hit := cache.load_json(key)) is not None:
                 self.stats = hit
                 return self
@@ -299,24 +308,49 @@ class Preprocessor:
             from tqdm.auto import tqdm
 
             it = tqdm(cases, desc="fitting intensity statistics", unit="case", leave=False, disable=None)
+        working = self.config.global_stats == "working"
+        spatial = (
+            Preprocessor(replace(self.config, intensity="none", crop_or_pad=None, label_map=None, mask_threshold=None))
+            if working
+            else None
+        )
         for c in it:
-            img = (c.load(with_mask=False) if isinstance(c, CaseRef) else c).image.astype(np.float64)
-            flat = img.reshape(img.shape[0], -1)
+            case = c.load(with_mask=False) if isinstance(c, CaseRef) else c
+            img = case.image
+            if spatial is not None:  # the working grid: resampled / resized, as apply() would, before crop or pad
+                img = spatial.apply(img, case.geometry).image
+            flat = img.astype(np.float64).reshape(img.shape[0], -1)
             if s1 is None:
                 s1, s2 = np.zeros(flat.shape[0]), np.zeros(flat.shape[0])
             if flat.shape[0] != s1.shape[0]:
                 raise ValueError(f"case {getattr(c, 'case_id', '?')} has {flat.shape[0]} channels, not {s1.shape[0]}")
-            s1 += flat.sum(1)
-            s2 += np.square(flat).sum(1)
-            n += flat.shape[1]
+            if working:  # one weight per case: sums of the case means and second moments
+                s1 += flat.mean(1)
+                s2 += np.square(flat).mean(1)
+                n += 1
+            else:
+                s1 += flat.sum(1)
+                s2 += np.square(flat).sum(1)
+                n += flat.shape[1]
         if s1 is None or s2 is None or n == 0:
             raise ValueError("fit() needs at least one case")
         mean = s1 / n
         std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-        self.stats = {"mean": mean.tolist(), "std": std.tolist(), "n_cases": len(cases), "n_voxels": int(n)}
+        self.stats = {"mean": mean.tolist(), "std": std.tolist(), "n_cases": len(cases),
+                      "weighting": "case, working grid" if working else "voxel, original grid"}  # fmt: skip
+        if not working:
+            self.stats["n_voxels"] = int(n)
         if key is not None:
             cache.save_json(key, self.stats)
         return self
+
+    def _working_grid_key(self) -> dict[str, Any] | None:
+        """What the statistics depend on besides the images (``None`` for the original grid: the old cache key)."""
+        if self.config.global_stats != "working":
+            return None
+        c = self.config
+        return {"global_stats": "working", "target_spacing": c.target_spacing, "target_size": c.target_size,
+                "keep_aspect": c.keep_aspect, "antialias": c.antialias}  # fmt: skip
 
     # ---- serialisation
     def to_dict(self) -> dict[str, Any]:
