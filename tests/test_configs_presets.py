@@ -50,6 +50,7 @@ def test_thesis_presets_follow_the_thesis_protocol(path: Path):
     assert cfg.cv.val_fraction == 0 and cfg.train.select == "last"
     assert cfg.data.augment is None
     assert cfg.train.loss == "soft_dice_vnet" and cfg.train.lr == pytest.approx(5e-3)
+    assert cfg.eval.grid == "working"  # the thesis scores on its working grid
     if "luna16" in path.stem:
         assert cfg.data.preprocess.intensity == "zscore_global" and cfg.data.preprocess.global_stats == "working"
         assert cfg.train.optimizer == "sgd" and cfg.train.momentum == 0 and cfg.train.batch_size == 1

@@ -447,7 +447,7 @@ class CVConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Per-case metrics computed on the test cases, in the original image grid and spacing.
+    """Per-case metrics computed on the test cases, in the original image grid and spacing (or the working grid).
 
     Attributes:
         metrics: metric names (``agseg.metrics.list_metrics()``).
@@ -460,6 +460,11 @@ class EvalConfig:
             of ``agseg predict``. Empty: none.
         postprocess: after a finished CV, choose per class whether keeping the largest connected component(s)
             improves the CV's Dice (``postprocessing.json``); ``agseg predict --run CV`` applies the decision.
+        grid: where the test cases are scored: ``"original"`` (default: the prediction mapped back to the image's
+            own grid, against the original mask, with its spacing) or ``"working"`` (the prediction on the
+            preprocessed grid against the mask preprocessed the same way, with that grid's spacing: how the thesis
+            scores at 512x512 / 128^3, so that its Hausdorff figures can be compared). Saved predictions are always
+            on the original grid.
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -467,8 +472,11 @@ class EvalConfig:
     save_predictions: bool = True
     mirror_axes: list[int] = field(default_factory=list)
     postprocess: bool = True
+    grid: str = "original"
 
     def __post_init__(self) -> None:
+        if self.grid not in ("original", "working"):
+            raise ValueError(f"grid must be 'original' or 'working', got {self.grid!r}")
         if any(a < 0 or a > 2 for a in self.mirror_axes):
             raise ValueError(f"mirror_axes are spatial axes 0, 1 or 2, got {self.mirror_axes}")
 

@@ -174,3 +174,32 @@ def test_repredicting_a_cv_measures_inference_settings_on_the_same_folds(cv):
     assert same == pytest.approx(saved)  # re-predicting with the folds' own settings reproduces the CV
     plain = {r["case_id"]: r["dice"] for r in evaluate_run(out, metrics=["dice"], repredict=True, mirror_axes=()).rows}
     assert set(plain) == set(saved)
+
+
+def test_scoring_on_the_working_grid(cv):
+    # eval.grid=working (the thesis scores at its working resolution): the prediction on the preprocessed grid
+    # against the mask preprocessed alike, distances with that grid's spacing; original: the default, unchanged
+    from agseg.experiments.run import evaluate_cases
+    from agseg.metrics import evaluate_case
+
+    out, data = cv
+    pred = Predictor.from_path(out / "repeat0_fold0" / "model", amp="off")
+    refs = agseg.data.load_dataset(data, mask_threshold=127)[:2]
+    work_rows = evaluate_cases(pred, refs, ["dice", "hd95"], progress=False, grid="working")
+    orig_rows = evaluate_cases(pred, refs, ["dice", "hd95"], progress=False)
+    for ref, w, o in zip(refs, work_rows, orig_rows, strict=True):
+        case = ref.load()
+        res = pred.pre.apply(case.image, case.geometry, case.label)
+        probs, geom, _ = pred.probabilities(case.image, case.geometry, grid="working")
+        assert probs.shape[1:] == (32, 32) and geom.shape == (32, 32)  # 48x48 images resized to 32x32
+        np.testing.assert_allclose(geom.array_spacing, np.asarray(case.geometry.array_spacing) * 48 / 32)
+        p, g = probs[0] > 0.5, res.label != 0
+        assert w["dice"] == pytest.approx(2 * (p & g).sum() / (p.sum() + g.sum()))
+        want = evaluate_case(p, g, spacing=geom.array_spacing, metrics=["hd95"])["hd95"]
+        assert w["hd95"] == pytest.approx(want)
+        full = pred.predict_array(case.image, case.geometry).label != 0
+        ref_mask = case.label != 0
+        assert o["dice"] == pytest.approx(2 * (full & ref_mask).sum() / (full.sum() + ref_mask.sum()))
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["grid"] == "original"
+    with pytest.raises(ValueError, match="grid"):
+        from_dict({"eval": {"grid": "native"}})

@@ -460,17 +460,20 @@ def evaluate_cases(
     metrics: Sequence[str],
     pred_dir: Path | None = None,
     progress: bool = True,
+    grid: str = "original",
 ) -> list[dict[str, Any]]:
-    """Predict each case and score it: segmentation in the original grid against its (original) mask, with one
-    column per class named after the label set; classification against its class (target, prediction, the
-    probability of each class, and whether it was right)."""
+    """Predict each case and score it: segmentation in the original grid against its (original) mask (or, with
+    ``grid="working"``, on the preprocessed grid against the mask preprocessed alike), with one column per class
+    named after the label set; classification against its class (target, prediction, the probability of each
+    class, and whether it was right)."""
     ls = predictor.label_set
     multi = list(ls.foreground) if not ls.binary else None
     suffixes = ls.column_suffixes() if multi else None
     rows = []
     for ref in tqdm(cases, desc="testing", unit="case", leave=False, disable=None if progress else True):
         case = ref.load(with_mask=predictor.task != "classification")
-        pred = predictor.predict_array(case.image, case.geometry)
+        working = grid == "working" and predictor.task != "classification"
+        pred = None if working and pred_dir is None else predictor.predict_array(case.image, case.geometry)
         row: dict[str, Any] = {"case_id": case.case_id}
         if predictor.task == "classification":
             target = case_target(ref)
@@ -479,9 +482,16 @@ def evaluate_cases(
             row.update({"target": target, "correct": float(int(pred.label) == target)})
             rows.append(row)
             continue
-        row.update(case_metrics(pred.label, case.label, case.geometry.array_spacing, metrics, multi, suffixes))
+        if working:
+            work = predictor.pre.apply(case.image, case.geometry, case.label)
+            probs, wgeom, _ = predictor.probabilities(case.image, case.geometry, grid="working")
+            wlabel = predictor.prediction(probs, wgeom, {}).label
+            row.update(case_metrics(wlabel, work.label, wgeom.array_spacing, metrics, multi, suffixes))
+        else:
+            assert pred is not None
+            row.update(case_metrics(pred.label, case.label, case.geometry.array_spacing, metrics, multi, suffixes))
         rows.append(row)
-        if pred_dir is not None:
+        if pred_dir is not None and pred is not None:
             safe_write(
                 ref.image_paths[0], mask_path_for(ref.image_paths[0], pred_dir), pred.label, pred.geometry, True,
                 binary=ls.binary, overwrite=True,  # the fold's own predictions (a rerun of an unfinished fold)
@@ -566,12 +576,12 @@ def run_cv(
         predictor = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp)
         pred_dir = fdir / "predictions" if cfg.eval.save_predictions else None
         test = [by_id[c] for c in fold.test]
-        rows = evaluate_cases(predictor, test, cfg.eval.metrics, pred_dir, progress)
+        rows = evaluate_cases(predictor, test, cfg.eval.metrics, pred_dir, progress, grid=cfg.eval.grid)
         ident = {"repeat": fold.repeat, "fold": fold.fold}
         levels = pruning_levels_of(run.model)
         for level in levels[:-1]:  # ANU-Net: every pruning level scored from the same trained net (seed 002)
             pruned = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp, prune=level)
-            lrows = evaluate_cases(pruned, test, cfg.eval.metrics, None, progress)
+            lrows = evaluate_cases(pruned, test, cfg.eval.metrics, None, progress, grid=cfg.eval.grid)
             write_csv([{"model": f"{cfg.name}_L{level}", **ident, **r} for r in lrows], fdir / f"metrics_L{level}.csv")
         write_csv([{"model": cfg.name, **ident, **r} for r in rows], fdir / "metrics.csv")  # last: marks the fold done
     result = gather_cv(out, cfg, plan, t0)
@@ -634,7 +644,7 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
     write_summary_json(
         summary, out / "summary.json", name=cfg.name, model=cfg.model.name, folds_done=done,
         folds_total=len(plan.folds), n_folds=plan.n_folds, n_repeats=plan.n_repeats, per_fold=per_fold,
-        seconds=seconds, **extra,
+        seconds=seconds, grid=cfg.eval.grid, **extra,
     )  # fmt: skip
     if done < len(plan.folds):
         log.warning("%d of %d folds finished: the summary covers those only", done, len(plan.folds))

@@ -152,11 +152,14 @@ class Predictor:
             return predict_logits(self.model, x, patch, self.overlap, self.amp), {}
 
     def probabilities(
-        self, image: np.ndarray, geometry: Geometry, attention: bool = False
+        self, image: np.ndarray, geometry: Geometry, attention: bool = False, grid: str = "original"
     ) -> tuple[np.ndarray, Geometry, dict[str, np.ndarray]]:
         """Class probabilities on the input's grid, ``(K, *spatial)`` (a classifier: ``(K,)``), its geometry, and the
         attention maps when asked for; averaged over the mirrorings of :attr:`mirror_axes` (test-time augmentation:
-        every subset of those axes flipped, the probabilities flipped back, as nnU-Net does)."""
+        every subset of those axes flipped, the probabilities flipped back, as nnU-Net does). ``grid="working"``:
+        on the preprocessed grid instead (no mapping back; its geometry)."""
+        if grid not in ("original", "working"):
+            raise ValueError(f"grid must be 'original' or 'working', got {grid!r}")
         self.check_image(image)
         res = self.pre.apply(image, geometry)
         x = torch.from_numpy(np.ascontiguousarray(res.image))
@@ -183,6 +186,8 @@ class Predictor:
             }
         if self.task == "classification":
             return probs, geometry, att
+        if grid == "working":
+            return probs, res.record.geometry, {k: v[0].cpu().numpy().astype(np.float32) for k, v in maps.items()}
         probs_orig, geom = invert(probs, res.record, kind="prob")
         return probs_orig, geom, att
 
