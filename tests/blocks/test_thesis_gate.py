@@ -120,3 +120,12 @@ def test_thesis_gate_in_3d():
     y, alpha = gate(x, torch.randn(1, 8, 4, 4, 4))
     assert alpha.shape == (1, 1, 8, 8, 8) and torch.allclose(y, alpha * x)
     assert isinstance(gate.theta[-1], nn.MaxPool3d)
+
+
+def test_thesis_gate_without_norm_keeps_its_biases_and_opens():
+    gate = GridAttentionGate.thesis(2, 4, 8, sub_sample=2, norm="none", init="open")
+    assert gate.phi[0].bias is not None and gate.psi[0].bias is not None  # nothing else could shift them
+    _, alpha = gate(torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4))
+    assert alpha.min() > 0.9
+    # the thesis' switches can be overridden one by one without a keyword clash
+    assert isinstance(GridAttentionGate.thesis(2, 4, 8, output_transform=True).out, nn.Sequential)

@@ -179,6 +179,12 @@ def test_global_zscore_on_the_working_grid_weighs_every_case_alike() -> None:
     assert working.stats["weighting"] == "case, working grid"
     with pytest.raises(ValueError, match="global_stats"):
         PreprocessConfig(global_stats="resampled")
+    # keep_aspect pads to target_size: the padding stays out of the statistics
+    wide = [Case("w", "w", np.full((1, 4, 8), 7.0, np.float32), Geometry.identity((4, 8)))]
+    aspect = PreprocessConfig(intensity="zscore_global", target_size=(8, 8), keep_aspect=True, global_stats="working")
+    assert Preprocessor(aspect).fit(wide).stats["mean"] == pytest.approx([7.0])
+    # the default leaves the config's dict (and so every cache key) as it was before global_stats existed
+    assert "global_stats" not in PreprocessConfig().to_dict() and "weighting" not in voxel.stats
 
 
 def test_label_map_and_threshold_in_config() -> None:

@@ -203,3 +203,26 @@ def test_scoring_on_the_working_grid(cv):
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["grid"] == "original"
     with pytest.raises(ValueError, match="grid"):
         from_dict({"eval": {"grid": "native"}})
+
+
+def test_an_ensemble_averages_its_members_on_the_working_grid(cv):
+    out, data = cv
+    ens = Predictor.from_path(out, amp="off")
+    case = agseg.data.load_dataset(data, mask_threshold=127)[0].load()
+    got, geom, _ = ens.probabilities(case.image, case.geometry, grid="working")
+    want = sum(m.probabilities(case.image, case.geometry, grid="working")[0] for m in ens.members) / 3
+    assert got.shape[1:] == (32, 32) and geom.shape == (32, 32)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_working_grid_scoring_saves_original_grid_predictions_from_one_pass(cv, tmp_path):
+    from agseg.experiments.run import evaluate_cases
+
+    out, data = cv
+    pred = Predictor.from_path(out / "repeat0_fold0" / "model", amp="off")
+    refs = agseg.data.load_dataset(data, mask_threshold=127)[:2]
+    evaluate_cases(pred, refs, ["dice"], pred_dir=tmp_path, progress=False, grid="working")
+    for ref in refs:
+        case = ref.load()
+        saved, _ = read_mask(next(tmp_path.glob(f"{ref.case_id}.*")))
+        np.testing.assert_array_equal(saved != 0, pred.predict_array(case.image, case.geometry).label != 0)

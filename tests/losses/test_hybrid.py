@@ -63,7 +63,7 @@ def test_anunet_eps_keeps_the_singular_point_finite():
 
 @pytest.mark.parametrize("y0", [0.3, 0.1, 0.7])
 def test_anunet_loss_pulls_every_ground_truth_voxel_towards_its_class(y0):
-    # Differentiated literally, alpha log(Y) / |Y - 0.5|^2 has a spurious minimum near Y = 0.05: from Y = 0.3 or 0.1
+    # Differentiated literally, alpha log(Y) / |Y - 0.5|^2 has a spurious minimum near Y = 0.084: from Y = 0.3 or 0.1
     # the gradient pushed the class probability *down* (a 3-class softmax starts near 1/3, so a 3D ANU-Net learnt
     # nothing on hippocampus). With the weight detached (the default) descent raises Y wherever Y starts.
     gt = torch.ones(1, 1, 4, 4)

@@ -27,7 +27,8 @@ of them together ``GridAttentionGate.thesis(...)`` / ``gate_style="thesis"`` in 
 with ``F_int`` the skip's channels (the nets' ``inter_ratio=1``: "guided by the number F_int of feature maps that
 is expected from each skip connection"). The thesis does not give the convolutions' kernels (1x1, as Oktay's, is
 our choice) nor an initialisation; with ``gate_norm`` the open initialisation sets psi's batch norm to weight
-``open_gain`` and bias ``open_bias`` (a bias before a batch norm has no effect).
+``open_gain`` and bias ``open_bias`` (a bias before a batch norm has no effect). With ``norm="instance"`` psi's
+one-channel map is normalised within each image, so a gate can never be entirely open or shut: use batch norm.
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ class GridAttentionGate(nn.Module):
             theta_parts += [make_norm(norm, spatial_dims, inter)] if gate_norm else []
             theta_parts += [MaxPool[spatial_dims](sub_sample, stride=sub_sample)] if max(factors) > 1 else []
         self.theta = theta_parts[0] if len(theta_parts) == 1 else nn.Sequential(*theta_parts)
-        if gate_norm:  # a bias before a batch norm does nothing: none
-            self.phi = nn.Sequential(conv(gating_channels, inter, 1, bias=False), make_norm(norm, spatial_dims, inter))
-            self.psi = nn.Sequential(conv(inter, 1, 1, bias=False), make_norm(norm, spatial_dims, 1))
+        if gate_norm:  # a bias before a norm does nothing; with norm="none" the convs keep theirs
+            bias = norm == "none"
+            self.phi = nn.Sequential(conv(gating_channels, inter, 1, bias=bias), make_norm(norm, spatial_dims, inter))
+            self.psi = nn.Sequential(conv(inter, 1, 1, bias=bias), make_norm(norm, spatial_dims, 1))
         else:
             self.phi = conv(gating_channels, inter, 1, bias=True)
             self.psi = conv(inter, 1, 1, bias=True)
@@ -128,19 +130,18 @@ class GridAttentionGate(nn.Module):
                 if gate_norm and not isinstance(last, nn.Identity):  # the norm's affine: weight gain, bias open
                     last.weight.fill_(open_gain)
                     last.bias.fill_(open_bias)
-                elif gate_norm:
-                    raise ValueError("an open gate with gate_norm needs an affine norm ('batch' or 'instance')")
-                else:
-                    self.psi.weight.mul_(open_gain)
-                    self.psi.bias.fill_(open_bias)
+                else:  # psi's conv (with norm="none" it keeps its bias)
+                    psi_conv = self.psi[0] if gate_norm else self.psi
+                    psi_conv.weight.mul_(open_gain)
+                    psi_conv.bias.fill_(open_bias)
 
     @classmethod
     def thesis(cls, spatial_dims: int, in_channels: int, gating_channels: int, sub_sample: int = 2, **kwargs):
         """The thesis gate (seed 000 Table 3.2): BN after theta/phi/psi, max-pool sub-sampling, ``alpha * x``,
         ``F_int = in_channels``; ``sub_sample=1`` for single gating (full resolution)."""
-        kwargs = {"inter_channels": in_channels, **kwargs}
-        return cls(spatial_dims, in_channels, gating_channels, sub_sample=sub_sample, gate_norm=True,
-                   sub_sample_mode="maxpool", output_transform=False, **kwargs)  # fmt: skip
+        kwargs = {"inter_channels": in_channels, "gate_norm": True, "sub_sample_mode": "maxpool",
+                  "output_transform": False, **kwargs}  # fmt: skip
+        return cls(spatial_dims, in_channels, gating_channels, sub_sample=sub_sample, **kwargs)
 
     def attention(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Attention coefficients ``alpha`` ``(B, 1, *x_spatial)`` in [0, 1] for skip ``x`` and gate ``g``."""

@@ -106,8 +106,10 @@ class PreprocessConfig:
             raise ValueError(f"target_spacing must be positive, got {self.target_spacing}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-safe dict."""
+        """JSON/YAML-safe dict (``global_stats`` only when not the default, so older cache keys still match)."""
         d = asdict(self)
+        if d["global_stats"] == "original":
+            del d["global_stats"]
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -310,7 +312,17 @@ class Preprocessor:
             it = tqdm(cases, desc="fitting intensity statistics", unit="case", leave=False, disable=None)
         working = self.config.global_stats == "working"
         spatial = (
-            Preprocessor(replace(self.config, intensity="none", crop_or_pad=None, label_map=None, mask_threshold=None))
+            # keep_aspect would pad to target_size: stretch instead, so that no padding enters the statistics
+            Preprocessor(
+                replace(
+                    self.config,
+                    intensity="none",
+                    crop_or_pad=None,
+                    keep_aspect=False,
+                    label_map=None,
+                    mask_threshold=None,
+                )
+            )
             if working
             else None
         )
@@ -336,9 +348,10 @@ class Preprocessor:
             raise ValueError("fit() needs at least one case")
         mean = s1 / n
         std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-        self.stats = {"mean": mean.tolist(), "std": std.tolist(), "n_cases": len(cases),
-                      "weighting": "case, working grid" if working else "voxel, original grid"}  # fmt: skip
-        if not working:
+        self.stats = {"mean": mean.tolist(), "std": std.tolist(), "n_cases": len(cases)}
+        if working:
+            self.stats["weighting"] = "case, working grid"
+        else:  # as before global_stats existed, so fingerprints and cache keys do not move
             self.stats["n_voxels"] = int(n)
         if key is not None:
             cache.save_json(key, self.stats)

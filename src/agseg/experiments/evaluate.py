@@ -307,8 +307,11 @@ def evaluate_run(
     jobs: list[tuple[Any, Path, dict[str, Any]]] = []
     labels: list[int] | None = None
     suffixes: dict[int, str] = {}
+    working = []
     for fdir in folds:
         cfg = load_config(fdir / "config.yaml")
+        if cfg.eval.grid == "working":
+            working.append(fdir.name)
         index = load_dataset(
             cfg.data.path, None if cfg.data.layout == "auto" else cfg.data.layout, **cfg.data.layout_kwargs()
         )
@@ -349,4 +352,11 @@ def evaluate_run(
         pool.add(pred, case.label)
     settings = {"repredict": repredict, "mirror_axes": list(mirror_axes) if mirror_axes is not None else None,
                 "postprocess": dict(postprocess) if postprocess else None} if repredict else {}  # fmt: skip
-    return _finish(rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds], **settings)
+    if working:
+        log.warning(
+            "%s scored its test cases on the working grid (eval.grid: working); these figures are on the original "
+            "grid, so they are not the CV's own", ", ".join(working),
+        )  # fmt: skip
+    return _finish(
+        rows, pool.result(), out_dir, run=str(run_dir), folds=[d.name for d in folds], grid="original", **settings
+    )

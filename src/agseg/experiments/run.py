@@ -43,7 +43,7 @@ from agseg.data.datasets import CaseRef, DatasetIndex, load_dataset
 from agseg.data.errors import DataError
 from agseg.data.io import mask_path_for
 from agseg.data.label_set import LabelSet, count_labels, declared_labels, resolve_label_set
-from agseg.data.preprocess import Preprocessor
+from agseg.data.preprocess import Preprocessor, invert
 from agseg.data.torch_dataset import ClassificationDataset, SegmentationDataset, case_target
 from agseg.experiments.evaluate import case_metrics
 from agseg.experiments.splits import SplitPlan, load_or_create_splits, make_splits
@@ -402,7 +402,9 @@ def train_model(
     bundle.save(run_dir / "model", trainer.model)
     if evaluate_val and val_cases:
         predictor = Predictor(trainer.model, bundle, device=cfg.train.device, amp=cfg.train.amp)
-        rows = [{"model": cfg.name, **r} for r in evaluate_cases(predictor, val_cases, cfg.eval.metrics)]
+        rows = [
+            {"model": cfg.name, **r} for r in evaluate_cases(predictor, val_cases, cfg.eval.metrics, grid=cfg.eval.grid)
+        ]
         write_csv(rows, run_dir / "metrics.csv")
         extra = (
             {"classification": _classification_block(run_dir, rows, label_set)} if task.name == "classification" else {}
@@ -473,7 +475,7 @@ def evaluate_cases(
     for ref in tqdm(cases, desc="testing", unit="case", leave=False, disable=None if progress else True):
         case = ref.load(with_mask=predictor.task != "classification")
         working = grid == "working" and predictor.task != "classification"
-        pred = None if working and pred_dir is None else predictor.predict_array(case.image, case.geometry)
+        pred = None if working else predictor.predict_array(case.image, case.geometry)
         row: dict[str, Any] = {"case_id": case.case_id}
         if predictor.task == "classification":
             target = case_target(ref)
@@ -482,11 +484,14 @@ def evaluate_cases(
             row.update({"target": target, "correct": float(int(pred.label) == target)})
             rows.append(row)
             continue
-        if working:
+        if working:  # one prediction: scored on the working grid, mapped back for the saved mask
             work = predictor.pre.apply(case.image, case.geometry, case.label)
             probs, wgeom, _ = predictor.probabilities(case.image, case.geometry, grid="working")
             wlabel = predictor.prediction(probs, wgeom, {}).label
             row.update(case_metrics(wlabel, work.label, wgeom.array_spacing, metrics, multi, suffixes))
+            if pred_dir is not None:
+                orig, ogeom = invert(probs, work.record, kind="prob")
+                pred = predictor.prediction(orig, ogeom, {})
         else:
             assert pred is not None
             row.update(case_metrics(pred.label, case.label, case.geometry.array_spacing, metrics, multi, suffixes))

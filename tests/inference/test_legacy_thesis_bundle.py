@@ -1,0 +1,28 @@
+"""A model saved with a thesis preset before the presets took the thesis gate still loads, with its own gate."""
+
+from __future__ import annotations
+
+import torch
+
+import agseg
+from agseg.data.preprocess import PreprocessConfig, Preprocessor
+from agseg.inference.bundle import ModelBundle, load_bundle
+
+
+def test_an_old_thesis_bundle_loads_with_oktays_gate(tmp_path):
+    kwargs = {"channels": [4, 8, 16, 32, 64]}
+    # what the preset built before (Oktay's gate, open init) and saved with only the user's kwargs
+    old = agseg.create_model("attention_unet_thesis2d_multi", gate_style="oktay", gate_init="open", **kwargs).eval()
+    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
+    ModelBundle("attention_unet_thesis2d_multi", kwargs, pre).save(tmp_path / "old", old)
+    net, bundle = load_bundle(tmp_path / "old")
+    assert bundle.model_kwargs["gate_style"] == "oktay"
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), old(x))
+    # a bundle saved now with the same preset has the thesis gate and loads as such
+    new = agseg.create_model("attention_unet_thesis2d_multi", **kwargs).eval()
+    ModelBundle("attention_unet_thesis2d_multi", kwargs, pre).save(tmp_path / "new", new)
+    net2, bundle2 = load_bundle(tmp_path / "new")
+    assert "gate_style" not in bundle2.model_kwargs
+    assert isinstance(net2.skips.gates["0"].gates[0].out, torch.nn.Identity)
