@@ -76,9 +76,15 @@ def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> tor
         size: target spatial size.
         mode: ``"linear"`` (bi/trilinear, picked from the number of spatial dims) or ``"nearest"``.
     """
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[2:]) == size:
-        return x
+    if torch.compiler.is_compiling():
+        # traced for export / compile: keep sizes symbolic (int() would freeze them at the example's) and always
+        # resample (same-size bi/trilinear resampling with align_corners=False is the identity), so the graph holds
+        # for every input size, not only those whose internal sizes happen to match as the example's did
+        size = tuple(size)
+    else:
+        size = tuple(int(s) for s in size)
+        if tuple(x.shape[2:]) == size:
+            return x
     if mode == "linear":
         return F.interpolate(x, size=size, mode=interp_mode(x.ndim - 2), align_corners=False)
     return F.interpolate(x, size=size, mode=mode)

@@ -19,6 +19,7 @@ from agseg.cli import data as data_cli
 from agseg.cli import demo as demo_cli
 from agseg.cli import evaluate as evaluate_cli
 from agseg.cli import experiments as experiments_cli
+from agseg.cli import export as export_cli
 from agseg.cli import models as models_cli
 from agseg.cli import report as report_cli
 
@@ -126,6 +127,7 @@ app.add_typer(data_cli.app, name="data")
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compare")(compare_cli.compare)
 app.command("report")(report_cli.report)
+app.command("export")(export_cli.export)
 
 
 def _tolerate_narrow_terminals() -> None:

@@ -28,7 +28,7 @@ def _known_errors():
     from agseg.data.errors import DataError
     from agseg.losses.registry import UnknownLossError
 
-    return (DataError, UnknownLossError, KeyError, ValueError, FileNotFoundError)
+    return (DataError, UnknownLossError, KeyError, ValueError, FileNotFoundError, RuntimeError)
 
 
 def _code(err: Exception) -> int:
@@ -157,6 +157,9 @@ def predict(
     prune: int | None = typer.Option(
         None, "--prune", help="ANU-Net: predict with the net pruned to level L (1..4; smaller, faster); 0: full net."
     ),
+    engine: str = typer.Option(
+        "torch", "--engine", help="torch, or onnxruntime for a folder written by `agseg export` (CPU, float32)."
+    ),
 ) -> None:
     """Predict masks written in each input's format, size and geometry (spacing, origin, direction).
 
@@ -179,7 +182,9 @@ def predict(
                 "prune": prune}  # fmt: skip
         if no_postprocess:
             opts["postprocess"] = False
-        predictor = Predictor.from_paths(sources, **opts)
+        if engine == "onnxruntime" and attention:
+            raise ValueError("--attention needs --engine torch (attention maps are not exported)")
+        predictor = Predictor.from_paths(sources, engine=engine, **opts)
         results = predictor.predict_paths(inputs, out, probs=probs, attention=attention, overwrite=overwrite)
     except _known_errors() as err:
         fail(_msg(err), _code(err))

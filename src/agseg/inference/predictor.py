@@ -37,7 +37,9 @@ from agseg.nets.base import has_attention, prune_model
 from agseg.runtime import amp_dtype, flush_denormal, resolve_device
 from agseg.tasks import logits_to_probs, probs_to_indices
 
-__all__ = ["PredictInput", "Prediction", "Predictor", "collect_inputs"]
+__all__ = ["ENGINES", "PredictInput", "Prediction", "Predictor", "collect_inputs"]
+
+ENGINES = ("torch", "onnxruntime")
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +116,36 @@ class Predictor:
         self.postprocess = bundle.postprocess if postprocess is True else (postprocess or None)
 
     @classmethod
-    def from_path(cls, source: str | Path, **kw) -> Predictor:
+    def from_path(cls, source: str | Path, engine: str = "torch", **kw) -> Predictor:
         """From a run folder, a bundle folder or a checkpoint file (see :func:`load_bundle`); a cross-validation
-        folder gives the :class:`EnsemblePredictor` of its folds' models (with the CV's post-processing)."""
+        folder gives the :class:`EnsemblePredictor` of its folds' models (with the CV's post-processing).
+        ``engine="onnxruntime"``: the ``model.onnx`` of a folder written by ``agseg export`` computes the net
+        (CPU, float32; no attention maps)."""
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+        if engine == "onnxruntime":
+            from agseg.inference.export import OnnxModel, find_onnx
+
+            path, bundle = find_onnx(source)
+            prune = kw.pop("prune", None)
+            if prune not in (None, 0, bundle.prune):
+                raise ValueError(
+                    f"{path} was exported at pruning level {bundle.prune}; export again with --prune {prune}"
+                )
+            kw.update(device="cpu", amp="off")
+            return cls(OnnxModel(path, bundle), bundle, prune=0, **kw)
         if cv_fold_runs(source):
             return EnsemblePredictor.from_paths([source], **kw)
         model, bundle = load_bundle(source)
         return cls(model, bundle, **kw)
 
     @classmethod
-    def from_paths(cls, sources: Sequence[str | Path], **kw) -> Predictor:
-        """One source as :meth:`from_path`; several: the ensemble of all their models."""
+    def from_paths(cls, sources: Sequence[str | Path], engine: str = "torch", **kw) -> Predictor:
+        """One source as :meth:`from_path`; several: the ensemble of all their models (PyTorch engine only)."""
         if len(sources) == 1:
-            return cls.from_path(sources[0], **kw)
+            return cls.from_path(sources[0], engine=engine, **kw)
+        if engine != "torch":
+            raise ValueError(f"--engine {engine} predicts with one exported model; an ensemble needs --engine torch")
         return EnsemblePredictor.from_paths(sources, **kw)
 
     def check_image(self, image: np.ndarray) -> None:
@@ -538,11 +557,14 @@ class EnsemblePredictor(Predictor):
         return cls(members, decision)
 
     def probabilities(
-        self, image: np.ndarray, geometry: Geometry, attention: bool = False
+        self, image: np.ndarray, geometry: Geometry, attention: bool = False, grid: str = "original"
     ) -> tuple[np.ndarray, Geometry, dict[str, np.ndarray]]:
-        probs, geom, att = self.members[0].probabilities(image, geometry, attention)
+        probs, geom, att = self.members[0].probabilities(image, geometry, attention, grid=grid)
         for m in self.members[1:]:
-            probs = probs + m.probabilities(image, geometry, False)[0]
+            p, _, _ = m.probabilities(image, geometry, False, grid=grid)
+            if p.shape != probs.shape:  # members preprocessed differently: no common working grid
+                raise ValueError(f"the ensemble's models predict on different grids ({p.shape} vs {probs.shape})")
+            probs = probs + p
         return probs / len(self.members), geom, att
 
 

@@ -1,0 +1,181 @@
+"""Export a trained model to ONNX and run it with onnxruntime.
+
+``export_onnx`` writes a folder that is a complete agseg model twice over: ``model.json`` + ``model.safetensors``
+(PyTorch, as any bundle) and ``model.onnx`` (the net's eval-mode forward, float32, dynamic batch and spatial sizes),
+so ``agseg predict --run FOLDER --engine onnxruntime`` applies the same preprocessing, sliding windows, label
+decoding and post-processing as PyTorch prediction, with onnxruntime computing the net. The export is checked before
+it is kept: onnxruntime and PyTorch must agree within ``atol`` (1e-4 by default) on a random input of the export
+size and on one of an odd size; the differences are stored in ``model.json`` (``info.export``).
+
+The graph comes from ``torch.onnx.export(..., dynamo=True)`` (PyTorch's exporter; it needs the ``onnx`` and
+``onnxscript`` packages, ``pip install "agseg[onnx]"``). Attention maps are not exported: ``--attention`` needs the
+PyTorch engine.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agseg.inference.bundle import BUNDLE_JSON, BUNDLE_WEIGHTS, ModelBundle, load_bundle
+from agseg.nets.base import main_output, min_input_shape_of, prune_model, spatial_dims_of
+
+__all__ = ["ONNX_FILE", "OnnxModel", "export_onnx", "find_onnx"]
+
+ONNX_FILE = "model.onnx"
+_EXTRA = 'the ONNX engine needs onnxruntime (and, to export, onnx and onnxscript): pip install "agseg[onnx]"'
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise RuntimeError(_EXTRA) from None
+
+
+class _MainOutput(nn.Module):
+    """The net's main output alone (an eval-mode forward that returns a list gives its first entry)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return main_output(self.net(x))
+
+
+def _example_shape(net: nn.Module, bundle: ModelBundle, odd: bool = False) -> tuple[int, ...]:
+    dims = spatial_dims_of(net, bundle.model_kwargs.get("spatial_dims", 2)) or 2
+    base = min_input_shape_of(net, dims)
+    size = [max(int(b) * 2, 16 if dims == 3 else 32) for b in base]
+    if bundle.patch_size:  # the training patch when it is small enough to export quickly
+        size = [min(int(p), s * 2) for p, s in zip(bundle.patch_size, size, strict=False)]
+    if odd:
+        size = [s + 3 for s in size]
+    return (1, int(bundle.model_kwargs.get("in_channels", 1)), *size)
+
+
+def _check(session: Any, net: nn.Module, shape: tuple[int, ...], seed: int) -> float:
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    with torch.no_grad():
+        ref = net(x).float().numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    if got.shape != ref.shape:
+        raise RuntimeError(f"onnxruntime's output has shape {got.shape}, PyTorch's {ref.shape} (input {shape})")
+    return float(np.abs(got - ref).max())
+
+
+def export_onnx(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    prune: int | None = None,
+    atol: float = 1e-4,
+    overwrite: bool = False,
+) -> Path:
+    """Export the model at ``source`` (a run, bundle folder or checkpoint; see :func:`load_bundle`) to ``out_dir``.
+
+    Args:
+        source: what :func:`~agseg.inference.bundle.load_bundle` reads.
+        out_dir: a new folder (an existing one only with ``overwrite``; never the source's own folder).
+        prune: export the ANU-Net pruned to this level (the bundle's ``prune`` when None; 0: the full net).
+        atol: largest accepted difference between onnxruntime and PyTorch (float32).
+        overwrite: replace the files of an existing export in ``out_dir``.
+
+    Returns:
+        ``out_dir``. Raises ``RuntimeError`` when the ONNX packages are missing or the check fails (nothing kept),
+        ``FileExistsError`` when ``out_dir`` holds a model and ``overwrite`` is not set.
+    """
+    ort = _need("onnxruntime")
+    _need("onnx")
+    _need("onnxscript")
+    net, bundle = load_bundle(source)
+    out = Path(out_dir)
+    src = Path(source)
+    src_dirs = {src.resolve(), (src / "model").resolve()} if src.is_dir() else {src.parent.resolve()}
+    if out.resolve() in src_dirs:
+        raise FileExistsError(f"{out}: the export goes to a new folder, not the source's own")
+    if out.exists() and any((out / f).exists() for f in (BUNDLE_JSON, BUNDLE_WEIGHTS, ONNX_FILE)) and not overwrite:
+        raise FileExistsError(f"{out} already holds a model: choose another --out or pass --overwrite")
+    level = bundle.prune if prune is None else (prune or None)
+    graph_net = prune_model(net, int(level)) if level else net
+    graph_net = _MainOutput(graph_net.eval().float()).eval()
+    shape = _example_shape(net, bundle)
+    dims = len(shape) - 2
+    dynamic = ({0: torch.export.Dim("batch", min=1), **{2 + i: torch.export.Dim.AUTO for i in range(dims)}},)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        onnx_tmp = Path(tmp) / ONNX_FILE
+        with warnings.catch_warnings(), torch.no_grad():  # no_grad: no autograd-only ops (ops.dense_grad) traced
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph_net, (torch.zeros(shape),), str(onnx_tmp), input_names=["image"], output_names=["logits"],
+                dynamo=True, dynamic_shapes=dynamic, external_data=False,
+            )  # fmt: skip
+        session = ort.InferenceSession(str(onnx_tmp), providers=["CPUExecutionProvider"])
+        diffs = {"x".join(map(str, s)): _check(session, graph_net, s, seed) for seed, s in
+                 enumerate((shape, _example_shape(net, bundle, odd=True)))}  # fmt: skip
+        worst = max(diffs.values())
+        if not worst <= atol:
+            raise RuntimeError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: not exported")
+        info = dict(bundle.info)
+        info["export"] = {"format": "onnx", "file": ONNX_FILE, "prune": level, "max_abs_diff": diffs,
+                          "torch": torch.__version__, "onnxruntime": ort.__version__}  # fmt: skip
+        exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
+        exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
+        for name in (BUNDLE_WEIGHTS, ONNX_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
+            (Path(tmp) / name).replace(out / name)
+    return out
+
+
+def find_onnx(source: str | Path) -> tuple[Path, ModelBundle]:
+    """The ``model.onnx`` of an exported folder (``source`` or ``source/model``) and its bundle."""
+    src = Path(source)
+    for folder in (src, src / "model"):
+        if (folder / ONNX_FILE).is_file() and (folder / BUNDLE_JSON).is_file():
+            return folder / ONNX_FILE, ModelBundle.from_dict(
+                json.loads((folder / BUNDLE_JSON).read_text(encoding="utf-8"))
+            )
+    raise FileNotFoundError(
+        f"no {ONNX_FILE} in {src}: export it first (agseg export {src} --format onnx --out FOLDER) and predict "
+        "with --run FOLDER"
+    )
+
+
+class OnnxModel(nn.Module):
+    """An onnxruntime session behind the module interface agseg's prediction uses (float32 in, float32 out).
+
+    ``spatial_dims`` and ``min_input_size`` come from the bundle so that padding and sliding windows work as for the
+    PyTorch net; it has no gates (no attention maps) and no trainable parameters.
+    """
+
+    def __init__(self, path: str | Path, bundle: ModelBundle, threads: int | None = None) -> None:
+        super().__init__()
+        ort = _need("onnxruntime")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        with torch.device("meta"):  # for its sizes only
+            net = bundle.build()
+            if bundle.prune and hasattr(net, "pruned_kwargs"):
+                net = type(net)(**net.pruned_kwargs(int(bundle.prune)))
+        self.spatial_dims = spatial_dims_of(net, bundle.model_kwargs.get("spatial_dims", 2))
+        self.min_input_size = tuple(min_input_shape_of(net, self.spatial_dims or 2))
+        self.path = Path(path)
+        # sliding windows ask for the device of the first parameter
+        self._anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {"image": arr})[0])
+
+    def __getstate__(self):  # pragma: no cover - a session is not picklable
+        raise TypeError("an OnnxModel cannot be pickled; reopen it from its model.onnx")
