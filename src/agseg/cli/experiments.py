@@ -28,7 +28,7 @@ def _known_errors():
     from agseg.data.errors import DataError
     from agseg.losses.registry import UnknownLossError
 
-    return (DataError, UnknownLossError, KeyError, ValueError, FileNotFoundError, RuntimeError)
+    return (DataError, UnknownLossError, KeyError, ValueError, FileNotFoundError)
 
 
 def _code(err: Exception) -> int:

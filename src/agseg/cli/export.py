@@ -41,7 +41,7 @@ def export(
         assert source is not None
         with console.status(f"exporting {source} to ONNX and checking it against PyTorch"):
             folder = export_onnx(source, out, prune=prune, atol=atol, overwrite=overwrite)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err), 1)
     import json
 

@@ -27,17 +27,21 @@ from torch import nn
 from agseg.inference.bundle import BUNDLE_JSON, BUNDLE_WEIGHTS, ModelBundle, load_bundle
 from agseg.nets.base import main_output, min_input_shape_of, prune_model, spatial_dims_of
 
-__all__ = ["ONNX_FILE", "OnnxModel", "export_onnx", "find_onnx"]
+__all__ = ["ONNX_FILE", "ExportError", "OnnxModel", "export_onnx", "find_onnx"]
 
 ONNX_FILE = "model.onnx"
 _EXTRA = 'the ONNX engine needs onnxruntime (and, to export, onnx and onnxscript): pip install "agseg[onnx]"'
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or does not match PyTorch, or the ONNX packages are missing (one line)."""
 
 
 def _need(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise RuntimeError(_EXTRA) from None
+        raise ExportError(_EXTRA) from None
 
 
 class _MainOutput(nn.Module):
@@ -68,7 +72,7 @@ def _check(session: Any, net: nn.Module, shape: tuple[int, ...], seed: int) -> f
         ref = net(x).float().numpy()
     got = session.run(None, {"image": x.numpy()})[0]
     if got.shape != ref.shape:
-        raise RuntimeError(f"onnxruntime's output has shape {got.shape}, PyTorch's {ref.shape} (input {shape})")
+        raise ExportError(f"onnxruntime's output has shape {got.shape}, PyTorch's {ref.shape} (input {shape})")
     return float(np.abs(got - ref).max())
 
 
@@ -90,7 +94,7 @@ def export_onnx(
         overwrite: replace the files of an existing export in ``out_dir``.
 
     Returns:
-        ``out_dir``. Raises ``RuntimeError`` when the ONNX packages are missing or the check fails (nothing kept),
+        ``out_dir``. Raises :class:`ExportError` when the ONNX packages are missing or the check fails (nothing kept),
         ``FileExistsError`` when ``out_dir`` holds a model and ``overwrite`` is not set.
     """
     ort = _need("onnxruntime")
@@ -124,7 +128,7 @@ def export_onnx(
                  enumerate((shape, _example_shape(net, bundle, odd=True)))}  # fmt: skip
         worst = max(diffs.values())
         if not worst <= atol:
-            raise RuntimeError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: not exported")
+            raise ExportError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: not exported")
         info = dict(bundle.info)
         info["export"] = {"format": "onnx", "file": ONNX_FILE, "prune": level, "max_abs_diff": diffs,
                           "torch": torch.__version__, "onnxruntime": ort.__version__}  # fmt: skip
