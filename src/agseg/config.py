@@ -377,6 +377,8 @@ class TrainConfig:
             (``attention/epoch_NNN.npz``) and, at the end, figures of their evolution (seed 001 Fig. 3); 0: off.
         early_stop_patience: stop when the validation loss has not improved for this many validated epochs; 0: off.
         early_stop_min_delta: the improvement that counts.
+        sync_batchnorm: under ``torchrun``, batch norm over the batches of all processes (``SyncBatchNorm``);
+            otherwise each process normalises its own batch and rank 0's statistics are kept.
     """
 
     epochs: int = 50
@@ -407,6 +409,7 @@ class TrainConfig:
     attention_every: int = 0
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "val_every", "step_size"):

@@ -23,9 +23,11 @@ __all__ = [
     "DeviceError",
     "amp_dtype",
     "autocast",
+    "barrier",
     "cpu_has_fast_bf16",
     "device_choices",
     "flush_denormal",
+    "init_distributed",
     "is_main_process",
     "memory_format_for",
     "resolve_device",
@@ -163,3 +165,22 @@ def world() -> tuple[int, int]:
 def is_main_process() -> bool:
     """True on rank 0 (and always outside ``torch.distributed``): the only process that writes files."""
     return world()[0] == 0
+
+
+def init_distributed() -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment): NCCL when CUDA is
+    available, gloo on CPU. True when this process is one of several; a no-op (False) outside ``torchrun``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def barrier() -> None:
+    """Wait for every process of the group (a no-op outside ``torch.distributed``)."""
+    if world()[1] > 1:
+        torch.distributed.barrier()

@@ -38,6 +38,19 @@ def _code(err: Exception) -> int:
     return 2 if isinstance(err, ConfigError) else 1
 
 
+def _join_torchrun() -> bool:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; True then."""
+    from agseg.runtime import init_distributed
+
+    return init_distributed()
+
+
+def _is_main() -> bool:
+    from agseg.runtime import is_main_process
+
+    return is_main_process()
+
+
 def _msg(err: Exception) -> str:
     return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
@@ -63,6 +76,7 @@ def train(
     from agseg.experiments.splits import SplitPlan
 
     run_dir = out or Path("runs") / cfg.name
+    distributed = _join_torchrun()
     try:
         index = load_index(cfg)
         if splits is not None:
@@ -72,14 +86,17 @@ def train(
         else:
             train_cases, val_cases = train_split(cfg, index)
         classes = [int(c) for c in init_classes.split(",")] if init_classes else None
-        console.print(f"training [bold]{cfg.model.name}[/bold] on {len(train_cases)} cases "
-                      f"(validation {len(val_cases)}) -> {run_dir}")  # fmt: skip
+        if not distributed or _is_main():
+            console.print(f"training [bold]{cfg.model.name}[/bold] on {len(train_cases)} cases "
+                          f"(validation {len(val_cases)}) -> {run_dir}")  # fmt: skip
         run = train_model(
             cfg, run_dir, train_cases, val_cases, resume, init_from, classes, evaluate_val=True, index=index,
             overwrite=overwrite,
         )  # fmt: skip
     except _known_errors() as err:
         fail(_msg(err), _code(err))
+    if distributed and not _is_main():
+        return
     r = run.result
     console.print(
         f"done: {r.epochs_run} epochs in {r.seconds:.0f} s; best epoch {r.best_epoch} "
@@ -118,10 +135,13 @@ def cv(
     from agseg.experiments.run import run_cv
 
     out_dir = out or Path("runs") / f"{cfg.name}_cv"
+    distributed = _join_torchrun()
     try:
         res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits, overwrite=overwrite)
     except _known_errors() as err:
         fail(_msg(err), _code(err))
+    if distributed and not _is_main():
+        return
     table = Table(title=f"{cfg.name}: {res.folds_done}/{res.folds_total} folds, {len(res.rows)} test cases")
     for col in ("metric", "mean ± std (cases)", "median", "undefined"):
         table.add_column(col, justify="left" if col == "metric" else "right")

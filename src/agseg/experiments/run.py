@@ -52,10 +52,11 @@ from agseg.inference.bundle import ModelBundle
 from agseg.inference.predictor import Predictor, safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
 from agseg.metrics import ID_COLUMNS, summarize, write_csv, write_summary_json
-from agseg.nets.base import pruning_levels_of, uses_deep_supervision
+from agseg.nets.base import pruning_levels_of, spatial_dims_of, unwrap, uses_deep_supervision
 from agseg.nets.registry import create_model, get_model_spec
-from agseg.runtime import resolve_device, set_threads
+from agseg.runtime import barrier, memory_format_for, resolve_device, set_threads, world
 from agseg.tasks import get_task
+from agseg.training.callbacks import ShardRecorder, default_callbacks
 from agseg.training.checkpoint import load_state_dict_file, transfer_weights
 from agseg.training.trainer import Trainer, TrainResult
 
@@ -336,14 +337,18 @@ def train_model(
     val_ds = ds_cls(list(val_cases), pre, **kw) if val_cases else None
     first_image = train_ds.load(0)[0]
     name, kwargs = _resolve_model(cfg, int(first_image.shape[0]), first_image.ndim - 1, label_set)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    _write_json(run_dir / "env.json", environment())
-    _write_json(
-        run_dir / "split.json", {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
-    )
-    _write_json(run_dir / "preprocess.json", pre.to_dict())
-    _write_json(run_dir / "labels.json", _labels_record(label_set, counts))
+    rank, world_size = world()
+    barrier()  # every process has checked the run directory before the first writes it
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        _write_json(run_dir / "env.json", environment())
+        _write_json(
+            run_dir / "split.json", {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
+        )
+        _write_json(run_dir / "preprocess.json", pre.to_dict())
+        _write_json(run_dir / "labels.json", _labels_record(label_set, counts))
+    barrier()
     torch.manual_seed(cfg.seed)
     model = create_model(name, **kwargs)
     if init_from is not None:
@@ -379,6 +384,11 @@ def train_model(
         task=task.name,
         mirror_axes=list(cfg.eval.mirror_axes) or None,
     )  # fmt: skip
+    sampler = None
+    if world_size > 1:  # torchrun: DDP over the processes, each training on its shard of the cases
+        model, sampler = _distributed(model, train_ds, cfg)
+        callbacks = [*(callbacks if callbacks is not None else default_callbacks(run_dir, cfg.train)),
+                     ShardRecorder(run_dir, sampler, [c.case_id for c in train_cases])]  # fmt: skip
     trainer = Trainer(
         model,
         loss,
@@ -391,8 +401,18 @@ def train_model(
         num_workers=cfg.data.num_workers,
         callbacks=callbacks,
         task=task,
+        sampler=sampler,
     )
     result = trainer.fit(resume=resume)
+    if world_size > 1:
+        net = unwrap(trainer.model)
+        for buf in net.buffers():  # batch-norm statistics: rank 0's, as the checkpoints hold
+            torch.distributed.broadcast(buf, 0)
+        trainer.model = net
+        ShardRecorder.write_digest(run_dir, net)
+        barrier()
+        if rank != 0:  # rank 0 writes the model and scores the validation cases
+            return TrainRun(run_dir, net, bundle, result)
     if cfg.train.attention_every:
         from agseg.viz.attention import plot_saved_attention
 
@@ -413,6 +433,23 @@ def train_model(
                            epochs=result.epochs_run, best_epoch=result.best_epoch, seconds=result.seconds,
                            **extra)  # fmt: skip
     return TrainRun(run_dir, trainer.model, bundle, result)
+
+
+def _distributed(model: torch.nn.Module, train_ds: Any, cfg: ExperimentConfig) -> tuple[torch.nn.Module, Any]:
+    """``model`` wrapped in ``DistributedDataParallel`` (SyncBatchNorm with ``train.sync_batchnorm``) on this
+    process's device in the trainer's memory format, and the ``DistributedSampler`` that shards the training cases."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    device = resolve_device(cfg.train.device)
+    if cfg.train.sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    fmt = memory_format_for(spatial_dims_of(model)) if cfg.train.channels_last else None
+    if fmt is not None:
+        model = model.to(memory_format=fmt)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return ddp, DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)
 
 
 def check_data(cfg: ExperimentConfig, cases: Sequence[CaseRef], cache: PreprocessCache | None) -> None:
@@ -546,20 +583,25 @@ def run_cv(
     cache = _cache(cfg, out)  # beside the CV folder, shared by its folds
     check_data(cfg, list(index), cache)
     label_set, counts = experiment_label_set(cfg, list(index), cache, index)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    _write_json(out / "env.json", environment())
-    _write_json(out / "labels.json", _labels_record(label_set, counts))
+    rank = world()[0]
+    barrier()  # torchrun: every process has checked the folder before rank 0 writes into it
     by_id = {c.case_id: c for c in index}
     ids = list(by_id)
     groups = [c.patient_id or c.case_id for c in index]
     split_path = Path(splits or cfg.cv.splits or out / "splits.json")
-    plan = load_or_create_splits(
-        split_path, ids, groups, n_folds=cfg.cv.folds, n_repeats=cfg.cv.repeats, seed=cfg.seed,
-        val_fraction=cfg.cv.val_fraction, strata=_strata(cfg, index),
-    )  # fmt: skip
-    if split_path.resolve() != (out / "splits.json").resolve():
-        plan.to_json(out / "splits.json")
+    split_args = {"n_folds": cfg.cv.folds, "n_repeats": cfg.cv.repeats, "seed": cfg.seed,
+                  "val_fraction": cfg.cv.val_fraction, "strata": _strata(cfg, index)}  # fmt: skip
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        _write_json(out / "env.json", environment())
+        _write_json(out / "labels.json", _labels_record(label_set, counts))
+        plan = load_or_create_splits(split_path, ids, groups, **split_args)
+        if split_path.resolve() != (out / "splits.json").resolve():
+            plan.to_json(out / "splits.json")
+    barrier()
+    if rank != 0:  # the splits rank 0 made (or read)
+        plan = load_or_create_splits(out / "splits.json", ids, groups, **split_args)
     selected = [
         f for f in plan.folds if (folds is None or f.fold in folds) and (repeats is None or f.repeat in repeats)
     ]
@@ -578,6 +620,9 @@ def run_cv(
             cfg, fdir, [by_id[c] for c in fold.train], [by_id[c] for c in fold.val], resume=True,
             label_set=label_set, index=index, extra_allowed=(), cache=cache,
         )  # fmt: skip
+        if rank != 0:  # torchrun: rank 0 tests the fold and writes its tables
+            barrier()
+            continue
         predictor = Predictor(run.model, run.bundle, device=cfg.train.device, amp=cfg.train.amp)
         pred_dir = fdir / "predictions" if cfg.eval.save_predictions else None
         test = [by_id[c] for c in fold.test]
@@ -589,6 +634,9 @@ def run_cv(
             lrows = evaluate_cases(pruned, test, cfg.eval.metrics, None, progress, grid=cfg.eval.grid)
             write_csv([{"model": f"{cfg.name}_L{level}", **ident, **r} for r in lrows], fdir / f"metrics_L{level}.csv")
         write_csv([{"model": cfg.name, **ident, **r} for r in rows], fdir / "metrics.csv")  # last: marks the fold done
+        barrier()
+    if rank != 0:
+        return CVResult(out, plan, [], {}, 0, len(plan.folds), 0)
     result = gather_cv(out, cfg, plan, t0)
     _gather_levels(out, cfg, plan)
     if (

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
+import json
 import logging
 import math
 import sys
@@ -35,6 +37,7 @@ import torch
 
 from agseg.fileio import atomic_write, atomic_write_text
 from agseg.nets.base import has_attention
+from agseg.runtime import world
 from agseg.weights import save_checkpoint
 
 if TYPE_CHECKING:
@@ -301,3 +304,35 @@ def find(callbacks: Sequence[Callback], kind: type) -> Any:
 def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a state dict (the best epoch's weights kept in memory)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(state).items()}
+
+
+class ShardRecorder(Callback):
+    """Under ``torchrun``: which training cases this process saw in each epoch, and at the end a digest of its
+    weights, in ``run_dir/ddp/rank{r}.json`` (one file per process; every process writes its own). A quick audit
+    that the data was sharded and that the processes ended with the same net."""
+
+    main_process_only = False
+
+    def __init__(self, run_dir: str | Path, sampler: Any, case_ids: list[str]) -> None:
+        self.run_dir, self.sampler, self.case_ids = Path(run_dir), sampler, list(case_ids)
+        self.epochs: dict[str, list[str]] = {}
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        # the loader has set the sampler's epoch already; iterating a DistributedSampler changes nothing
+        self.epochs[str(epoch)] = [self.case_ids[i] for i in self.sampler]
+        self._write({"epochs": self.epochs})
+
+    def _write(self, extra: dict[str, Any]) -> None:
+        rank, size = world()
+        path = self.run_dir / "ddp" / f"rank{rank}.json"
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        atomic_write_text(path, json.dumps({**old, "rank": rank, "world_size": size, **extra}, indent=1) + "\n")
+
+    @staticmethod
+    def write_digest(run_dir: str | Path, net: torch.nn.Module) -> None:
+        """Add the SHA-256 of this process's final state dict to its ``ddp/rank{r}.json``."""
+        h = hashlib.sha256()
+        for k, v in sorted(net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        ShardRecorder(run_dir, None, [])._write({"weights_sha256": h.hexdigest()})
