@@ -226,3 +226,30 @@ def test_working_grid_scoring_saves_original_grid_predictions_from_one_pass(cv, 
         case = ref.load()
         saved, _ = read_mask(next(tmp_path.glob(f"{ref.case_id}.*")))
         np.testing.assert_array_equal(saved != 0, pred.predict_array(case.image, case.geometry).label != 0)
+
+
+def test_postprocessing_of_binary_png_predictions(tmp_path):
+    # binary PNG predictions hold 255 for the class: the choice compared them with the value 1 and saw Dice 0
+    from agseg.experiments.postprocessing import cv_postprocessing
+
+    data = write_dataset(tmp_path / "cxr", "cxr", n=6, size=48, seed=2, fmt="png")
+    cfg = from_dict({
+        "name": "png", "data": {"path": str(data), "options": {"mask_threshold": 127},
+                                "preprocess": {"target_size": [32, 32], "intensity": "minmax01"}},
+        "model": {"name": "unet", "channels": [4, 8]},
+        "train": {"epochs": 2, "batch_size": 2, "amp": "off"}, "cv": {"folds": 2, "val_fraction": 0.0},
+        "eval": {"metrics": ["dice"], "postprocess": False},
+    })  # fmt: skip
+    run_cv(cfg, tmp_path / "cv")
+    from agseg.data.io import mask_path_for, write_image
+
+    index = {c.case_id: c for c in agseg.data.load_dataset(data, mask_threshold=127)}
+    for fold in (tmp_path / "cv").glob("repeat*_fold*"):  # perfect predictions, written as agseg writes masks
+        for row in read_csv(fold / "metrics.csv", text_columns=("model", "case_id")):
+            ref = index[row["case_id"]]
+            case = ref.load()
+            out = mask_path_for(ref.image_paths[0], fold / "predictions")
+            write_image(out, (case.label != 0).astype(np.uint8), case.geometry, mask=True, binary=True)
+    assert read_mask(out)[0].max() == 255  # a binary PNG mask holds 255
+    d = cv_postprocessing(tmp_path / "cv", progress=False)
+    assert d["classes"]["1"]["none"] == pytest.approx(1.0)  # was 0: 255 compared with the value 1
