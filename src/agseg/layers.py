@@ -68,6 +68,12 @@ def interp_mode(spatial_dims: int) -> str:
     return _INTERP[check_spatial_dims(spatial_dims)]
 
 
+def _compiling() -> bool:
+    """True while torch.compile / torch.export traces (``torch.compiler.is_compiling`` from torch 2.3)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
 def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:
     """Resample ``x`` of shape ``(B, C, *spatial)`` to ``size``; a no-op when the size already matches.
 
@@ -76,7 +82,7 @@ def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> tor
         size: target spatial size.
         mode: ``"linear"`` (bi/trilinear, picked from the number of spatial dims) or ``"nearest"``.
     """
-    if torch.compiler.is_compiling():
+    if _compiling():
         # traced for export / compile: keep sizes symbolic (int() would freeze them at the example's) and always
         # resample (same-size bi/trilinear resampling with align_corners=False is the identity), so the graph holds
         # for every input size, not only those whose internal sizes happen to match as the example's did

@@ -167,16 +167,19 @@ def is_main_process() -> bool:
     return world()[0] == 0
 
 
-def init_distributed() -> bool:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment): NCCL when CUDA is
-    available, gloo on CPU. True when this process is one of several; a no-op (False) outside ``torchrun``."""
+def init_distributed(device: str = "auto", timeout_hours: float = 6.0) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment): NCCL when ``device``
+    resolves to CUDA, gloo on CPU. The timeout is long (``timeout_hours``) because rank 0 alone tests a CV fold while
+    the others wait. True when this process is one of several; a no-op (False) outside ``torchrun``."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
         return False
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        import datetime
+
+        backend = "nccl" if resolve_device(device).type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        torch.distributed.init_process_group(backend=backend)
+        torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(hours=timeout_hours))
     return True
 
 

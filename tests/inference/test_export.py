@@ -72,8 +72,9 @@ def test_a_pruned_anunet_exports_its_level(tmp_path):
     np.testing.assert_allclose(ort.probabilities(image, geom)[0], want, atol=1e-4)
     full = Predictor.from_path(run, amp="off").probabilities(image, geom)[0]
     assert np.abs(full - want).max() > 1e-3  # L2 is not the full net
-    with pytest.raises(ValueError, match="pruning level 2"):
-        Predictor.from_path(out, engine="onnxruntime", prune=3)
+    for other in (3, 0):  # another level, or the full net (0), needs another export
+        with pytest.raises(ValueError, match="pruning level 2"):
+            Predictor.from_path(out, engine="onnxruntime", prune=other)
 
 
 def test_export_and_predict_from_the_command_line(tmp_path):
@@ -87,6 +88,10 @@ def test_export_and_predict_from_the_command_line(tmp_path):
     assert again.exit_code != 0 and "--overwrite" in again.output  # nothing replaced without asking
     inside = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(run / "model")])
     assert inside.exit_code != 0 and "new folder" in inside.output
+    other_run = _bundle_dir(tmp_path / "o", "unet", kwargs)  # a run folder (its model in model/) is not empty
+    into_run = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(other_run)])
+    assert into_run.exit_code != 0 and "not empty" in into_run.output
+    assert not (other_run / "model.json").exists()
     img = tmp_path / "in" / "case.png"
     img.parent.mkdir()
     write_image(

@@ -155,3 +155,13 @@ def test_anunet_binary_output_has_the_background_term():
     torch.testing.assert_close(got.double(), 1 - (focal + dice), rtol=1e-4, atol=1e-4)
     fg_only = anunet_hybrid_loss(x.float(), gt, reduction="none", binary_background=False)
     assert (fg_only < got).all()  # the background term only adds (it is <= 0 inside 1 - [...])
+
+
+def test_anunet_background_term_only_for_a_single_sigmoid_output():
+    # two sigmoid channels with the first left out are not a binary problem's one output: no background term
+    x = torch.randn(2, 2, 5, 5)
+    gt = torch.randint(0, 2, (2, 2, 5, 5)).float()
+    kw = {"activation": "sigmoid", "include_background": False, "reduction": "none"}
+    torch.testing.assert_close(
+        anunet_hybrid_loss(x, gt, **kw), anunet_hybrid_loss(x, gt, binary_background=False, **kw)
+    )

@@ -38,11 +38,11 @@ def _code(err: Exception) -> int:
     return 2 if isinstance(err, ConfigError) else 1
 
 
-def _join_torchrun() -> bool:
+def _join_torchrun(device: str = "auto") -> bool:
     """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; True then."""
     from agseg.runtime import init_distributed
 
-    return init_distributed()
+    return init_distributed(device)
 
 
 def _is_main() -> bool:
@@ -76,7 +76,7 @@ def train(
     from agseg.experiments.splits import SplitPlan
 
     run_dir = out or Path("runs") / cfg.name
-    distributed = _join_torchrun()
+    distributed = _join_torchrun(cfg.train.device)
     try:
         index = load_index(cfg)
         if splits is not None:
@@ -135,7 +135,7 @@ def cv(
     from agseg.experiments.run import run_cv
 
     out_dir = out or Path("runs") / f"{cfg.name}_cv"
-    distributed = _join_torchrun()
+    distributed = _join_torchrun(cfg.train.device)
     try:
         res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits, overwrite=overwrite)
     except _known_errors() as err:

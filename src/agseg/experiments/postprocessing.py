@@ -78,8 +78,8 @@ def cv_postprocessing(
         pred, _ = read_mask(pp)
         label = case.label
         if multi is None:  # binary: a raster mask holds 255 for the class, a reference may hold any non-zero value
-            pred = np.where(pred != 0, classes[0], 0).astype(np.uint8)
-            label = np.where(label != 0, classes[0], 0).astype(np.uint8)
+            pred = np.where(pred != 0, classes[0], 0).astype(np.int32)
+            label = np.where(label != 0, classes[0], 0).astype(np.int32)
         ident = {"model": row.get("model"), "repeat": int(row["repeat"]), "fold": int(row["fold"])}
         cases.setdefault(fold.name, []).append((ref.case_id, pred, label, case.geometry.array_spacing, ident))
     every = [(p, r) for items in cases.values() for _, p, r, _, _ in items]

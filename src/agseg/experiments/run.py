@@ -237,6 +237,19 @@ def check_run_dir(
         DataError: a folder holding something that is not an agseg run, or a run without ``resume``/``overwrite``.
         ConfigError: ``resume`` with settings that differ from the run's (each difference listed).
     """
+    if world()[1] > 1:  # torchrun: rank 0 checks (and removes, with overwrite) for every process
+        if world()[0] != 0:
+            barrier()
+            return
+        try:
+            _check_run_dir(run_dir, cfg, resume, overwrite, allowed)
+        finally:
+            barrier()
+        return
+    _check_run_dir(run_dir, cfg, resume, overwrite, allowed)
+
+
+def _check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, allowed: Sequence[str]) -> None:
     from agseg.config import load_config
 
     if not run_dir.exists() or not any(not p.name.startswith(".") for p in run_dir.iterdir()):
@@ -364,7 +377,8 @@ def train_model(
                 json.loads(meta.read_text(encoding="utf-8"))["model_kwargs"]["out_channels"] if meta.is_file() else None
             )
         report = transfer_weights(model, load_state_dict_file(source), init_classes, n_src)
-        _write_json(run_dir / "init_from.json", {"source": str(source), **report.__dict__})
+        if rank == 0:
+            _write_json(run_dir / "init_from.json", {"source": str(source), **report.__dict__})
     loss_name = task.default_loss if cfg.train.loss == "auto" else cfg.train.loss
     loss = create_loss(loss_name, **cfg.train.loss_kwargs)
     if uses_deep_supervision(model):
@@ -406,8 +420,9 @@ def train_model(
     result = trainer.fit(resume=resume)
     if world_size > 1:
         net = unwrap(trainer.model)
-        for buf in net.buffers():  # batch-norm statistics: rank 0's, as the checkpoints hold
-            torch.distributed.broadcast(buf, 0)
+        with torch.no_grad():  # rank 0's net (its batch-norm statistics, its selected epoch) on every process
+            for t in net.state_dict().values():
+                torch.distributed.broadcast(t, 0)
         trainer.model = net
         ShardRecorder.write_digest(run_dir, net)
         barrier()
@@ -443,6 +458,8 @@ def _distributed(model: torch.nn.Module, train_ds: Any, cfg: ExperimentConfig) -
 
     device = resolve_device(cfg.train.device)
     if cfg.train.sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     fmt = memory_format_for(spatial_dims_of(model)) if cfg.train.channels_last else None

@@ -106,15 +106,30 @@ def export_onnx(
     src_dirs = {src.resolve(), (src / "model").resolve()} if src.is_dir() else {src.parent.resolve()}
     if out.resolve() in src_dirs:
         raise FileExistsError(f"{out}: the export goes to a new folder, not the source's own")
-    if out.exists() and any((out / f).exists() for f in (BUNDLE_JSON, BUNDLE_WEIGHTS, ONNX_FILE)) and not overwrite:
-        raise FileExistsError(f"{out} already holds a model: choose another --out or pass --overwrite")
+    if out.exists() and not overwrite and any(not p.name.startswith(".export-") for p in out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: choose a new folder for the export or pass --overwrite")
+    if overwrite and (out / "model" / BUNDLE_JSON).is_file():
+        raise FileExistsError(f"{out} is a run folder: export into a folder of its own")
     level = bundle.prune if prune is None else (prune or None)
     graph_net = prune_model(net, int(level)) if level else net
     graph_net = _MainOutput(graph_net.eval().float()).eval()
     shape = _example_shape(net, bundle)
     dims = len(shape) - 2
     dynamic = ({0: torch.export.Dim("batch", min=1), **{2 + i: torch.export.Dim.AUTO for i in range(dims)}},)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _export_into(out, net, graph_net, bundle, level, shape, dynamic, atol, ort)
+    except Exception as err:
+        if made and not any(out.iterdir()):
+            out.rmdir()  # nothing of a failed export stays behind
+        if isinstance(err, ExportError):
+            raise
+        raise ExportError(f"the ONNX export failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
+    return out
+
+
+def _export_into(out: Path, net, graph_net, bundle: ModelBundle, level, shape, dynamic, atol: float, ort) -> None:
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         onnx_tmp = Path(tmp) / ONNX_FILE
         with warnings.catch_warnings(), torch.no_grad():  # no_grad: no autograd-only ops (ops.dense_grad) traced
@@ -136,7 +151,6 @@ def export_onnx(
         exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
         for name in (BUNDLE_WEIGHTS, ONNX_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
             (Path(tmp) / name).replace(out / name)
-    return out
 
 
 def find_onnx(source: str | Path) -> tuple[Path, ModelBundle]:

@@ -128,9 +128,10 @@ class Predictor:
 
             path, bundle = find_onnx(source)
             prune = kw.pop("prune", None)
-            if prune not in (None, 0, bundle.prune):
+            if prune is not None and (prune or None) != bundle.prune:
                 raise ValueError(
-                    f"{path} was exported at pruning level {bundle.prune}; export again with --prune {prune}"
+                    f"{path} was exported at pruning level {bundle.prune or 0} (0: the full net); export again with "
+                    f"--prune {prune}"
                 )
             kw.update(device="cpu", amp="off")
             return cls(OnnxModel(path, bundle), bundle, prune=0, **kw)

@@ -77,7 +77,7 @@ def _anunet_single(
     if detach_weight:  # a per-voxel weight, as the focal loss's modulating factor is meant (see the docstring)
         weight = weight.detach()
     focal = (alpha * g * logp * weight).sum(1, keepdim=True)  # (B, 1, *spatial)
-    if binary_background and prep.log_1m_prob is not None and p.shape[1] == 1:
+    if binary_background and prep.log_1m_prob is not None and prep.prob.shape[1] == 1:
         # one sigmoid output is a 2-class problem: eq. 3's sum over classes has the background's term as well,
         # (1 - Ybar) log(1 - Y), with the same weight (|(1 - Y) - 0.5| = |Y - 0.5|)
         bg = torch.where(g < 1, alpha * (1 - g) * prep.log_1m_prob * weight, torch.zeros_like(g))  # 0 * inf: 0

@@ -38,6 +38,7 @@ from agseg.runtime import (
     memory_format_for,
     resolve_device,
     seed_everything,
+    world,
 )
 from agseg.tasks import Task, get_task, quick_dice
 from agseg.training.callbacks import Callback, Checkpointer, clone_state, default_callbacks, find
@@ -110,6 +111,32 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _collective_device() -> torch.device:
+    """Where a collective's tensors live: the current GPU under NCCL, the CPU otherwise."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agreed_values(values: dict[str, float]) -> dict[str, float]:
+    """Under ``torch.distributed``: rank 0's ``values`` on every process (unchanged outside)."""
+    if world()[1] <= 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device())
+    torch.distributed.broadcast(t, 0)
+    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def _agreed(flag: bool) -> bool:
+    """Under ``torch.distributed``: rank 0's ``flag`` on every process (unchanged outside)."""
+    if world()[1] <= 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_collective_device())
+    torch.distributed.broadcast(t, 0)
+    return bool(t.item())
+
+
 def default_loader(sampler: Any = None) -> LoaderFactory:
     """A ``DataLoader`` factory: a batch order seeded by ``(seed, epoch)``, or ``sampler`` (e.g. a
     ``DistributedSampler``; its ``set_epoch`` is called every epoch) for shuffled passes."""
@@ -134,7 +161,8 @@ def default_loader(sampler: Any = None) -> LoaderFactory:
             generator=g,
             num_workers=num_workers if shuffle else 0,
             worker_init_fn=_worker_init,
-            drop_last=shuffle and len(data) > batch_size,  # type: ignore[arg-type]
+            # a process's shard under a sampler: drop the last partial batch only when a full one is left
+            drop_last=shuffle and (len(sampler) if use_sampler else len(data)) > batch_size,  # type: ignore[arg-type]
         )
 
     return make
@@ -366,6 +394,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._emit("on_step_end", epoch + 1, steps + 1)
+        self.stop_training = _agreed(self.stop_training)  # torchrun: rank 0's stop (a time budget) for all
         return steps + 1
 
     @torch.no_grad()
@@ -418,7 +447,8 @@ class Trainer:
             row: dict[str, float] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(epoch))
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                row.update(self.validate())
+                # torchrun: rank 0's figures for every process, so that all choose the same best epoch and stop
+                row.update(_agreed_values(self.validate()))
             row["seconds"] = time.perf_counter() - te
             self.history.append(row)
             self.improved = "val_loss" in row and row["val_loss"] < self.best_val_loss
@@ -428,6 +458,7 @@ class Trainer:
                     self.best_state = clone_state(self.model_state())
             log.debug("epoch %d/%d %s", epoch + 1, cfg.epochs, row)
             self._emit("on_epoch_end", epoch + 1, row)
+            self.stop_training = _agreed(self.stop_training)
         stopped = self.stop_training and bool(self.history) and int(self.history[-1]["epoch"]) < cfg.epochs
         ck = self.checkpointer
         use_best = cfg.select == "best" and self.best_state is not None
