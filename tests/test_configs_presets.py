@@ -59,3 +59,12 @@ def test_thesis_presets_follow_the_thesis_protocol(path: Path):
     if "attention" in path.stem:
         kwargs = get_model_spec(cfg.model.name).defaults | cfg.model.kwargs
         assert kwargs["gate_style"] == "thesis"
+
+
+def test_the_oktay_ct_preset_follows_seeds_001_and_003():
+    # seed 003: "downsampled to isotropic 2.00 mm", "axial flips", the Sorensen-Dice loss of V-Net (Milletari);
+    # the preset had 2x1x1 mm, flipped the z axis and used the plain-sum Dice (these failed before)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "oktay2018_ct_attention_unet.yaml")
+    assert cfg.data.preprocess.target_spacing == (2.0, 2.0, 2.0)
+    assert tuple(cfg.data.augment.flip_axes) == (2,)
+    assert cfg.train.loss == "soft_dice_vnet" and cfg.train.optimizer == "adam" and cfg.train.lr == pytest.approx(1e-4)
