@@ -279,3 +279,22 @@ def test_nan_in_metaimage(tmp_path: Path) -> None:
     write_mask(tmp_path / "labels" / "a.mha", np.zeros((3, 4, 5), np.uint8), g)
     with pytest.raises(DataError, match=r"images/a.mha: image has 1 NaN/Inf voxels"):
         load_dataset(tmp_path)[0].load()
+
+
+def test_isic_segmentation_masks_pair_with_their_images(tmp_path):
+    # ISIC 2018: ISIC_0000000.jpg + ISIC_0000000_segmentation.png (the folder layout did not pair them before)
+    import numpy as np
+    from PIL import Image
+
+    from agseg.data import load_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 100 + i, np.uint8)).save(tmp_path / "images" / f"ISIC_000000{i}.jpg")
+        m = np.zeros((8, 8), np.uint8)
+        m[2:5, 2:5] = 255
+        Image.fromarray(m).save(tmp_path / "masks" / f"ISIC_000000{i}_segmentation.png")
+    cases = list(load_dataset(tmp_path))
+    assert [c.case_id for c in cases] == ["ISIC_0000000", "ISIC_0000001"]
+    assert all(c.has_mask and c.mask_paths[0].name.endswith("_segmentation.png") for c in cases)

@@ -1,10 +1,10 @@
 """``folders``: image and mask folders paired by file name.
 
 ``cxr/NAME.png`` + ``masks/NAME.png``; ``images/`` + ``labels/``; ``imagesTr/`` + ``labelsTr/``. Mask names may carry
-``_mask``/``_seg``/``_label``; nnU-Net channel files ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz`` + ``CASE.nii.gz``
-become one multi-channel case. Several mask folders (Montgomery ``ManualMask/leftMask`` + ``rightMask``) are merged
-into one label. Options: ``images``, ``masks`` (a folder or a list); ``mask_threshold`` defaults to ``"auto"``. No
-label set is declared unless the ``labels`` option gives one.
+``_mask``/``_seg``/``_segmentation`` (ISIC 2018)/``_label``; nnU-Net channel files ``CASE_0000.nii.gz``,
+``CASE_0001.nii.gz`` + ``CASE.nii.gz`` become one multi-channel case. Several mask folders (Montgomery
+``ManualMask/leftMask`` + ``rightMask``) are merged into one label. Options: ``images``, ``masks`` (a folder or a
+list); ``mask_threshold`` defaults to ``"auto"``. No label set is declared unless the ``labels`` option gives one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ from agseg.data.layouts.registry import ScanResult, register_layout
 
 IMAGE_DIR_NAMES = ("images", "imagesTr", "image", "imgs", "img", "cxr", "CXR_png", "scans", "volumes")
 MASK_DIR_NAMES = ("masks", "labels", "labelsTr", "mask", "label", "ManualMask", "seg", "segmentations", "gt")
-MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_labels", "_gt", "-mask", "_Mask")
+MASK_SUFFIXES = (
+    "",
+    "_mask",
+    "_seg",
+    "_segmentation",
+    "_label",
+    "_labels",
+    "_gt",
+    "-mask",
+    "_Mask",
+)  # ISIC: _segmentation
 
 
 def _mask_dirs(root: Path, masks: str | Sequence[str] | None) -> list[Path]:
