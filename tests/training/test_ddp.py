@@ -25,14 +25,21 @@ def _torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_two_processes_train_on_different_cases_and_end_with_identical_weights(tmp_path):
-    data = write_dataset(tmp_path / "cxr", "cxr", n=8, size=32, seed=3)
+def _tiny_config(tmp_path, seed: int, rest: str):
+    """A config over 8 synthetic chest X-rays (32x32); ``rest`` holds the name, model, train and cv lines."""
+    data = write_dataset(tmp_path / "cxr", "cxr", n=8, size=32, seed=seed)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        f"name: ddp\ndata: {{path: {data}, options: {{mask_threshold: 127}}, preprocess: {{intensity: minmax01}}}}\n"
-        "model: {name: attention_unet, channels: [4, 8, 16]}\n"
+    data_line = f"data: {{path: {data}, options: {{mask_threshold: 127}}, preprocess: {{intensity: minmax01}}}}\n"
+    cfg.write_text(data_line + rest, encoding="utf-8")
+    return cfg
+
+
+def test_two_processes_train_on_different_cases_and_end_with_identical_weights(tmp_path):
+    cfg = _tiny_config(
+        tmp_path,
+        3,
+        "name: ddp\nmodel: {name: attention_unet, channels: [4, 8, 16]}\n"
         "train: {epochs: 2, batch_size: 2, amp: 'off', threads: 1}\ncv: {val_fraction: 0.25}\n",
-        encoding="utf-8",
     )
     res = _torchrun(tmp_path, "train", str(cfg), "--out", str(tmp_path / "run"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -64,14 +71,12 @@ def test_two_processes_train_on_different_cases_and_end_with_identical_weights(t
 
 
 def test_one_cv_fold_under_torchrun(tmp_path):
-    data = write_dataset(tmp_path / "cxr", "cxr", n=8, size=32, seed=5)
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        f"name: ddpcv\ndata: {{path: {data}, options: {{mask_threshold: 127}}, preprocess: {{intensity: minmax01}}}}\n"
-        "model: {name: unet, channels: [4, 8]}\n"
+    cfg = _tiny_config(
+        tmp_path,
+        5,
+        "name: ddpcv\nmodel: {name: unet, channels: [4, 8]}\n"
         "train: {epochs: 1, batch_size: 2, amp: 'off', threads: 1}\ncv: {folds: 2, val_fraction: 0.0}\n"
         "eval: {metrics: [dice], postprocess: false}\n",
-        encoding="utf-8",
     )
     res = _torchrun(tmp_path, "cv", str(cfg), "--fold", "0", "--out", str(tmp_path / "cv"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
