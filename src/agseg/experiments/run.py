@@ -540,7 +540,7 @@ def evaluate_cases(
             continue
         if working:  # one prediction: scored on the working grid, mapped back for the saved mask
             work = predictor.pre.apply(case.image, case.geometry, case.label)
-            probs, wgeom, _ = predictor.probabilities(case.image, case.geometry, grid="working")
+            probs, wgeom, _ = predictor.probabilities(case.image, case.geometry, grid="working", prepared=work)
             wlabel = predictor.prediction(probs, wgeom, {}).label
             row.update(case_metrics(wlabel, work.label, wgeom.array_spacing, metrics, multi, suffixes))
             if pred_dir is not None:

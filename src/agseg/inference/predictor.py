@@ -172,16 +172,22 @@ class Predictor:
             return predict_logits(self.model, x, patch, self.overlap, self.amp), {}
 
     def probabilities(
-        self, image: np.ndarray, geometry: Geometry, attention: bool = False, grid: str = "original"
+        self,
+        image: np.ndarray,
+        geometry: Geometry,
+        attention: bool = False,
+        grid: str = "original",
+        prepared: Any = None,
     ) -> tuple[np.ndarray, Geometry, dict[str, np.ndarray]]:
         """Class probabilities on the input's grid, ``(K, *spatial)`` (a classifier: ``(K,)``), its geometry, and the
         attention maps when asked for; averaged over the mirrorings of :attr:`mirror_axes` (test-time augmentation:
         every subset of those axes flipped, the probabilities flipped back, as nnU-Net does). ``grid="working"``:
-        on the preprocessed grid instead (no mapping back; its geometry)."""
+        on the preprocessed grid instead (no mapping back; its geometry). ``prepared``: ``self.pre.apply(image,
+        geometry)`` when the caller has it already (it is not computed again)."""
         if grid not in ("original", "working"):
             raise ValueError(f"grid must be 'original' or 'working', got {grid!r}")
         self.check_image(image)
-        res = self.pre.apply(image, geometry)
+        res = prepared if prepared is not None else self.pre.apply(image, geometry)
         x = torch.from_numpy(np.ascontiguousarray(res.image))
         patch = self.bundle.patch_size
         fits = patch is None or all(s <= p for s, p in zip(x.shape[1:], patch, strict=False))
@@ -558,11 +564,16 @@ class EnsemblePredictor(Predictor):
         return cls(members, decision)
 
     def probabilities(
-        self, image: np.ndarray, geometry: Geometry, attention: bool = False, grid: str = "original"
+        self,
+        image: np.ndarray,
+        geometry: Geometry,
+        attention: bool = False,
+        grid: str = "original",
+        prepared: Any = None,
     ) -> tuple[np.ndarray, Geometry, dict[str, np.ndarray]]:
-        probs, geom, att = self.members[0].probabilities(image, geometry, attention, grid=grid)
+        probs, geom, att = self.members[0].probabilities(image, geometry, attention, grid=grid, prepared=prepared)
         for m in self.members[1:]:
-            p, _, _ = m.probabilities(image, geometry, False, grid=grid)
+            p, _, _ = m.probabilities(image, geometry, False, grid=grid)  # each member its own preprocessing
             if p.shape != probs.shape:  # members preprocessed differently: no common working grid
                 raise ValueError(f"the ensemble's models predict on different grids ({p.shape} vs {probs.shape})")
             probs = probs + p
