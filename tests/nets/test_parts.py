@@ -169,3 +169,27 @@ def test_attention_skips_part_alone():
     assert maps["level0"].shape == (2, 2, 16, 16) and maps["level1"].shape == (2, 2, 8, 8)
     with pytest.raises(ValueError, match="unknown gating"):
         AttentionSkips(2, channels, gating="double")
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_resize_decoder_concatenates_the_interpolated_coarse_features(spatial_dims: int):
+    """up_mode="resize" (the authors' UnetUp3_CT): no up-sampling conv; block l takes C_l + C_{l+1} channels and
+    sees [skip, interpolate(coarse)] exactly."""
+    c = (4, 8, 16)
+    dec = UNetDecoder(spatial_dims, c, up_mode="resize")
+    assert sum(p.numel() for p in dec.ups.parameters()) == 0
+    assert [dec.blocks[i][0][0].in_channels for i in range(2)] == [4 + 8, 8 + 16]
+    size = (16,) * spatial_dims
+    feats = [torch.randn(1, ch, *(s // 2**i for s in size)) for i, ch in enumerate(c)]
+    seen = []
+    handle = dec.blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    outs = dec(feats)
+    handle.remove()
+    mode = "bilinear" if spatial_dims == 2 else "trilinear"
+    up = torch.nn.functional.interpolate(feats[2], size=feats[1].shape[2:], mode=mode, align_corners=False)
+    assert torch.equal(seen[0], torch.cat([feats[1], up], dim=1))
+    assert [tuple(o.shape) for o in outs] == [(1, 4, *size), (1, 8, *(s // 2 for s in size))]
+    with pytest.raises(ValueError, match="merge"):
+        UNetDecoder(spatial_dims, c, up_mode="resize", merge="add")
+    with pytest.raises(ValueError, match="unknown up-sampling"):
+        UNetDecoder(spatial_dims, c, up_mode="bicubic")

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(
 def _torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "agseg", *args]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=600,
-                          encoding="utf-8", errors="replace")  # never the locale codec (ASCII in CI)
+    return subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, timeout=600, encoding="utf-8", errors="replace"
+    )  # never the locale codec (ASCII in CI)
 
 
 def _tiny_config(tmp_path, seed: int, rest: str):

@@ -34,6 +34,7 @@ from agseg.inference.inputs import PredictInput, collect_inputs
 from agseg.inference.postprocess import apply_postprocessing
 from agseg.inference.sliding import predict_logits, predict_with_attention
 from agseg.nets.base import has_attention, prune_model
+from agseg.nets.fuse import fold_batchnorm
 from agseg.runtime import amp_dtype, flush_denormal, resolve_device
 from agseg.tasks import logits_to_probs, probs_to_indices
 
@@ -82,6 +83,9 @@ class Predictor:
             bundle's, False for none, or a decision ``{"keep_largest": {value: k}}``.
         prune: predict with the net pruned to this level (ANU-Net L1..L4: fewer parameters, faster); None: the
             bundle's ``prune`` (by default the full net); 0: the full net.
+        fold_bn: predict with a copy of the net whose batch norms are folded into the convolutions before them
+            (:func:`agseg.nets.fuse.fold_batchnorm`: same outputs up to float rounding, faster); the given
+            ``model`` is left untouched.
     """
 
     def __init__(
@@ -94,12 +98,15 @@ class Predictor:
         mirror_axes: Sequence[int] | None = None,
         postprocess: Mapping[str, Any] | bool | None = True,
         prune: int | None = None,
+        fold_bn: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         level = bundle.prune if prune is None else prune
         if level:  # ANU-Net: a standalone smaller net that computes only the level-L output
             model = prune_model(model, int(level))
         self.prune = int(level) if level else None
+        if fold_bn and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model, _ = fold_batchnorm(model)  # a copy: the caller's net (e.g. a trainer's) keeps its norms
         self.model = model.to(self.device).eval()
         self.bundle = bundle
         self.pre = bundle.preprocessor()

@@ -22,11 +22,12 @@ from torch import nn
 
 from agseg.blocks import ops
 from agseg.blocks.attention_gate import GATE_STYLES, AttentionGateBlock
-from agseg.blocks.conv import ConvNormAct, Resize, UpConv
+from agseg.blocks.conv import UP_MODES, ConvNormAct, Resize, UpConv
 from agseg.blocks.registry import BlockFactory, make_block
 from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
 
 __all__ = [
+    "DECODER_UP_MODES",
     "GATINGS",
     "MERGES",
     "NESTED_UP_MODES",
@@ -53,6 +54,9 @@ GATINGS = ("single", "multi")
 MERGES = ("concat", "add")
 
 PoolSizes = Sequence[int | Sequence[int]]
+
+#: Up-sampling in :class:`UNetDecoder`: :data:`agseg.blocks.conv.UP_MODES` and ``"resize"`` (interpolation only).
+DECODER_UP_MODES = (*UP_MODES, "resize")
 
 
 def normalize_pool_sizes(spatial_dims: int, n_steps: int, pool_sizes: PoolSizes | None) -> tuple[tuple[int, ...], ...]:
@@ -165,8 +169,10 @@ class UNetDecoder(nn.Module):
         spatial_dims: 2 or 3.
         channels: widths per level, finest first, as the encoder's (the last one the bottleneck).
         block: a registered block name or a factory.
-        up_mode: ``"interp"`` (linear interpolation + 3x3 conv), ``"nearest"`` (repetition + 3x3 conv) or
-            ``"transpose"`` (transposed conv).
+        up_mode: ``"interp"`` (linear interpolation + 3x3 conv), ``"nearest"`` (repetition + 3x3 conv),
+            ``"transpose"`` (transposed conv) or ``"resize"`` (linear interpolation only, channels kept: the
+            authors' code of seeds 001/003, ``UnetUp3_CT``, and UNet++; with ``merge="concat"`` the block then takes
+            ``channels[l] + channels[l + 1]``; not with ``merge="add"``, whose widths must match).
         norm: ``"batch"``, ``"instance"`` or ``"none"``.
         pool_sizes: the encoder's pool sizes; the transposed convolutions undo them axis by axis.
         merge: ``"concat"`` or ``"add"`` (see above).
@@ -196,16 +202,24 @@ class UNetDecoder(nn.Module):
             raise ValueError(f"a decoder needs at least 2 levels (one skip and the bottleneck), got {channels}")
         if merge not in MERGES:
             raise ValueError(f"unknown skip merge {merge!r}; valid: {', '.join(MERGES)}")
+        if up_mode not in DECODER_UP_MODES:
+            raise ValueError(f"unknown up-sampling mode {up_mode!r}; valid: {', '.join(DECODER_UP_MODES)}")
+        if up_mode == "resize" and merge != "concat":
+            raise ValueError('up_mode="resize" keeps the coarse width, so it needs merge="concat"')
         n_skips = len(channels) - 1
-        self.spatial_dims, self.channels, self.merge = spatial_dims, channels, merge
-        widen = 2 if merge == "concat" else 1
+        self.spatial_dims, self.channels, self.merge, self.up_mode = spatial_dims, channels, merge, up_mode
         self.pool_sizes = normalize_pool_sizes(spatial_dims, n_skips, pool_sizes)
-        self.ups = nn.ModuleList(
-            UpConv(spatial_dims, channels[i + 1], channels[i], up_mode, scale=_kernel(self.pool_sizes[i]))
-            for i in range(n_skips)
-        )
+        if up_mode == "resize":
+            self.ups = nn.ModuleList(Resize() for _ in range(n_skips))
+            widths = [channels[i] + channels[i + 1] for i in range(n_skips)]
+        else:
+            self.ups = nn.ModuleList(
+                UpConv(spatial_dims, channels[i + 1], channels[i], up_mode, scale=_kernel(self.pool_sizes[i]))
+                for i in range(n_skips)
+            )
+            widths = [(2 if merge == "concat" else 1) * channels[i] for i in range(n_skips)]
         self.blocks = nn.ModuleList(
-            make_block(block, spatial_dims, widen * channels[i], channels[i], norm=norm) for i in range(n_skips)
+            make_block(block, spatial_dims, widths[i], channels[i], norm=norm) for i in range(n_skips)
         )
 
     def forward(
