@@ -129,3 +129,25 @@ def test_thesis_gate_without_norm_keeps_its_biases_and_opens():
     assert alpha.min() > 0.9
     # the thesis' switches can be overridden one by one without a keyword clash
     assert isinstance(GridAttentionGate.thesis(2, 4, 8, output_transform=True).out, nn.Sequential)
+
+
+def test_thesis_single_gating_signal_comes_from_the_last_max_pooling():
+    """Sec. 3.2.1: "extracted through convolution, batch normalization and ReLU activation of the feature maps coming
+    from the last downsampling operation (max pooling)": the bottleneck block's input, not its output."""
+    net = agseg.create_model("attention_unet_thesis2d_single", channels=(4, 8, 16, 32, 64)).eval()
+    seen = {}
+    net.skips.gating_signal.register_forward_hook(lambda m, a, out: seen.update(inp=a[0], out=out))
+    net.encoder.blocks[-1].register_forward_pre_hook(lambda m, a: seen.update(pooled=a[0]))
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        net(x)
+    torch.testing.assert_close(seen["inp"], seen["pooled"])  # the max-pooled 32-channel maps of level 3
+    conv, bn = net.skips.gating_signal[0], net.skips.gating_signal[1]
+    torch.testing.assert_close(seen["out"], F.relu(bn(conv(seen["pooled"]))))
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 64, (1, 1))
+    # multi gating (thesis or not) and Oktay's single gating keep the authors' source: the bottleneck's output
+    for name, kw in [("attention_unet_thesis2d_multi", {}), ("attention_unet", {"gating": "single"})]:
+        other = agseg.create_model(name, channels=(4, 8, 16, 32, 64))
+        assert other.skips.gating_from == "bottleneck" and other.skips.gating_signal[0].in_channels == 64
+    with pytest.raises(ValueError, match="gating_from"):
+        agseg.create_model("attention_unet", channels=(4, 8, 16), gating_from="decoder")

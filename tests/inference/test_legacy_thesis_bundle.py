@@ -26,3 +26,22 @@ def test_an_old_thesis_bundle_loads_with_oktays_gate(tmp_path):
     net2, bundle2 = load_bundle(tmp_path / "new")
     assert "gate_style" not in bundle2.model_kwargs
     assert isinstance(net2.skips.gates["0"].gates[0].out, torch.nn.Identity)
+
+
+def test_a_thesis_single_gating_bundle_from_before_the_pooled_gating_signal_loads_as_trained(tmp_path):
+    kwargs = {"channels": [4, 8, 16, 32, 64]}
+    # saved when the thesis single-gating signal came from the bottleneck (its conv took 64 channels, now 32)
+    old = agseg.create_model("attention_unet_thesis2d_single", gating_from="bottleneck", **kwargs).eval()
+    assert old.skips.gating_signal[0].in_channels == 64
+    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
+    ModelBundle("attention_unet_thesis2d_single", kwargs, pre).save(tmp_path / "old", old)
+    net, bundle = load_bundle(tmp_path / "old")
+    assert bundle.model_kwargs["gating_from"] == "bottleneck"
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), old(x))
+    new = agseg.create_model("attention_unet_thesis2d_single", **kwargs).eval()
+    assert new.skips.gating_signal[0].in_channels == 32
+    ModelBundle("attention_unet_thesis2d_single", kwargs, pre).save(tmp_path / "new", new)
+    net2, bundle2 = load_bundle(tmp_path / "new")
+    assert "gating_from" not in bundle2.model_kwargs and net2.skips.gating_from == "pool"

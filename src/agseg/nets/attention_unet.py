@@ -54,6 +54,8 @@ class AttentionUNet(UNet):
             theta/phi/psi, max-pool sub-sampling, ``alpha * x`` without an output transform, ``F_int = C``, single
             gating at full resolution); see :class:`~agseg.nets.parts.AttentionSkips`.
         gate_norm, gate_output_transform, gate_sub_sample_mode: override single choices of the style.
+        gating_from: ``"bottleneck"`` or ``"pool"`` (the last max-pooling output, thesis single gating; the default
+            there): what the gating signal is made from (see :class:`~agseg.nets.parts.AttentionSkips`).
         ``inter_ratio`` (default 0.5, thesis 1.0) and ``sub_sample`` (default 2, thesis single gating 1) follow the
         style when not given.
 
@@ -89,6 +91,7 @@ class AttentionUNet(UNet):
         gate_norm: bool | None = None,
         gate_output_transform: bool | None = None,
         gate_sub_sample_mode: str | None = None,
+        gating_from: str | None = None,
     ) -> None:
         super().__init__(
             spatial_dims,
@@ -117,6 +120,7 @@ class AttentionUNet(UNet):
             gate_norm=gate_norm,
             gate_output_transform=gate_output_transform,
             gate_sub_sample_mode=gate_sub_sample_mode,
+            gating_from=gating_from,
         )
         self.gating, self.gated_levels = gating, self.skips.gated_levels
 

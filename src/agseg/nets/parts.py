@@ -29,6 +29,7 @@ from agseg.layers import Conv, MaxPool, check_spatial_dims, resize_to
 __all__ = [
     "DECODER_UP_MODES",
     "GATINGS",
+    "GATING_SOURCES",
     "MERGES",
     "NESTED_UP_MODES",
     "AttentionSkips",
@@ -50,6 +51,8 @@ Output = torch.Tensor | list[torch.Tensor]
 SkipFn = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 GATINGS = ("single", "multi")
+#: What :class:`AttentionSkips` computes its gating signal from.
+GATING_SOURCES = ("bottleneck", "pool")
 #: How :class:`UNetDecoder` merges a skip with the up-sampled features.
 MERGES = ("concat", "add")
 
@@ -282,12 +285,17 @@ class AttentionSkips(nn.Module):
         gate_norm: a norm after theta, phi and psi.
         gate_output_transform: the output 1x1 conv + norm on ``alpha * x``.
         gate_sub_sample_mode: ``"conv"`` or ``"maxpool"``.
+        gating_from: what the gating signal is computed from: ``"bottleneck"`` (the bottleneck block's output, the
+            authors' code) or ``"pool"`` (the thesis, sec. 3.2.1: "the feature maps coming from the last
+            downsampling operation (max pooling)", i.e. the bottleneck block's input, ``channels[-2]`` wide).
+            Default: ``"pool"`` for the thesis style with single gating, ``"bottleneck"`` otherwise.
 
     Attributes:
-        gating_signal: the 1x1 conv + norm + ReLU of the bottleneck.
+        gating_signal: the 1x1 conv + norm + ReLU that makes the gating signal (``channels[-1]`` wide).
         gates: ``nn.ModuleDict`` of :class:`~agseg.blocks.attention_gate.AttentionGateBlock` keyed by ``str(level)``.
 
-    Use: ``skip_fn = skips.bind(bottleneck)`` (computes the gating signal once), then pass ``skip_fn`` to the
+    Use: ``skip_fn = skips.bind(features)`` with the encoder's features, finest first (computes the gating signal
+    once; a bare bottleneck tensor is accepted with ``gating_from="bottleneck"``), then pass ``skip_fn`` to the
     decoder; ``skip_fn(level, skip (B, C_l, *S_l), coarse) -> (gated skip (B, C_l, *S_l), alpha (B, heads, *S_l))``
     on gated levels, ``(skip, None)`` on the others.
     """
@@ -308,6 +316,7 @@ class AttentionSkips(nn.Module):
         gate_norm: bool | None = None,
         gate_output_transform: bool | None = None,
         gate_sub_sample_mode: str | None = None,
+        gating_from: str | None = None,
     ) -> None:
         super().__init__()
         if gating not in GATINGS:
@@ -337,7 +346,14 @@ class AttentionSkips(nn.Module):
             raise ValueError(f"inter_ratio must be > 0, got {inter_ratio}")
         self.channels, self.gating, self.gated_levels = c, gating, tuple(levels)
         pools = normalize_pool_sizes(spatial_dims, n_skips, pool_sizes)
-        self.gating_signal = ConvNormAct(spatial_dims, c[-1], c[-1], kernel_size=1, norm=norm)
+        if gating_from is None:
+            gating_from = "pool" if thesis and gating == "single" else "bottleneck"
+        if gating_from not in GATING_SOURCES:
+            raise ValueError(f"unknown gating_from {gating_from!r}; valid: {', '.join(GATING_SOURCES)}")
+        self.gating_from = gating_from
+        src = c[-2] if gating_from == "pool" else c[-1]
+        self.pool = MaxPool[spatial_dims](_kernel(pools[-1])) if gating_from == "pool" else None
+        self.gating_signal = ConvNormAct(spatial_dims, src, c[-1], kernel_size=1, norm=norm)
         self.gates = nn.ModuleDict()
         for lvl in levels:
             g_channels = c[-1] if gating == "single" or lvl == n_skips - 1 else c[lvl + 1]
@@ -365,9 +381,16 @@ class AttentionSkips(nn.Module):
             return "bottleneck"
         return f"decoder{level + 1}"
 
-    def bind(self, bottleneck: torch.Tensor) -> SkipFn:
-        """The decoder's ``skip_fn`` for one forward pass: the gating signal of ``bottleneck`` computed once."""
-        gating = self.gating_signal(bottleneck)
+    def bind(self, features: Sequence[torch.Tensor] | torch.Tensor) -> SkipFn:
+        """The decoder's ``skip_fn`` for one forward pass, the gating signal computed once from the encoder's
+        ``features`` (finest first; the bottleneck alone is enough with ``gating_from="bottleneck"``)."""
+        if isinstance(features, torch.Tensor):
+            if self.gating_from == "pool":
+                raise ValueError('gating_from="pool" needs the encoder features, not the bottleneck alone')
+            source = features
+        else:
+            source = self.pool(features[-2]) if self.gating_from == "pool" else features[-1]
+        gating = self.gating_signal(source)
 
         def skip_fn(level: int, skip: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             return self(level, skip, coarse, gating)

@@ -119,7 +119,7 @@ class UNet(SegmentationNet):
     def _run(self, x: torch.Tensor) -> tuple[Output, dict[str, torch.Tensor]]:
         self._check_input(x)
         feats = self.encoder(x)
-        skip_fn = None if self.skips is None else self.skips.bind(feats[-1])
+        skip_fn = None if self.skips is None else self.skips.bind(feats)
         maps: dict[str, torch.Tensor] = {}
         decoded = self.decoder(feats, skip_fn, attention=maps)
         return self.head(decoded, x.shape[2:]), maps
