@@ -11,7 +11,7 @@ positive class), several mean a softmax over channels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,19 @@ __all__ = [
 ]
 
 
-def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for one output channel, softmax over channels otherwise. ``(B, K, ...) -> (B, K, ...)``."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+def logits_to_probs(logits: torch.Tensor, exclude: Sequence[int] | None = None) -> torch.Tensor:
+    """Sigmoid for one output channel, softmax over channels otherwise. ``(B, K, ...) -> (B, K, ...)``.
+
+    ``exclude``: channels left out of the softmax (probability 0), as the losses' ``exclude_classes`` leave them out
+    in training (seed 001's fine-tuning with spleen and kidney excluded); ignored for one output channel.
+    """
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    if exclude:
+        drop = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        drop[list(exclude)] = True
+        logits = logits.masked_fill(drop.view(1, -1, *([1] * (logits.ndim - 2))), float("-inf"))
+    return torch.softmax(logits, dim=1)
 
 
 def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:

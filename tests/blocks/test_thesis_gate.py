@@ -147,7 +147,7 @@ def test_thesis_single_gating_signal_comes_from_the_last_max_pooling():
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 64, (1, 1))
     # multi gating (thesis or not) and Oktay's single gating keep the authors' source: the bottleneck's output
     for name, kw in [("attention_unet_thesis2d_multi", {}), ("attention_unet", {"gating": "single"})]:
-        other = agseg.create_model(name, channels=(4, 8, 16, 32, 64))
+        other = agseg.create_model(name, channels=(4, 8, 16, 32, 64), **kw)
         assert other.skips.gating_from == "bottleneck" and other.skips.gating_signal[0].in_channels == 64
     with pytest.raises(ValueError, match="gating_from"):
         agseg.create_model("attention_unet", channels=(4, 8, 16), gating_from="decoder")

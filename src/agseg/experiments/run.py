@@ -397,6 +397,7 @@ def train_model(
               **_channel_patterns(cfg, train_cases)},
         task=task.name,
         mirror_axes=list(cfg.eval.mirror_axes) or None,
+        exclude_classes=[int(c) for c in cfg.train.loss_kwargs.get("exclude_classes") or ()] or None,
     )  # fmt: skip
     sampler = None
     if world_size > 1:  # torchrun: DDP over the processes, each training on its shard of the cases

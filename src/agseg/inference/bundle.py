@@ -48,6 +48,8 @@ class ModelBundle:
         mirror_axes: spatial axes mirrored for test-time augmentation by default (``eval.mirror_axes``).
         postprocess: the post-processing chosen on the CV predictions (``{"keep_largest": {value: k}}``) or None.
         prune: the pruning level prediction uses by default (ANU-Net L1..L4); None: the full net.
+        exclude_classes: output channels left out of the softmax in prediction (probability 0), those the training
+            loss excluded (``train.loss_kwargs.exclude_classes``: seed 001's fine-tuning, AFT); None: none.
     """
 
     model_name: str
@@ -61,6 +63,7 @@ class ModelBundle:
     mirror_axes: list[int] | None = None
     postprocess: dict[str, Any] | None = None
     prune: int | None = None
+    exclude_classes: list[int] | None = None
 
     @property
     def label_set(self) -> LabelSet:

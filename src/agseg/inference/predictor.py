@@ -204,12 +204,12 @@ class Predictor:
             log.warning("%s has no attention gates: no attention maps to write", self.bundle.model_name)
         with_maps = self.task == "classification" or (attention and fits and has_attention(self.model))
         logits, maps = self._logits(x, with_maps)
-        probs = logits_to_probs(logits)[0]
+        probs = logits_to_probs(logits, self.bundle.exclude_classes)[0]
         flips = _flip_sets(self.mirror_axes, x.ndim - 1)
         for axes in flips:
             dims = [a + 1 for a in axes]
             flipped, _ = self._logits(torch.flip(x, dims), self.task == "classification")
-            p = logits_to_probs(flipped)[0]
+            p = logits_to_probs(flipped, self.bundle.exclude_classes)[0]
             probs = probs + (torch.flip(p, dims) if self.task != "classification" else p)
         probs = (probs / (1 + len(flips))).cpu().numpy().astype(np.float32)
         att = {}
