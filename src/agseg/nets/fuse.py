@@ -27,7 +27,7 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     return (
-        type(conv) in _CONVS
+        isinstance(conv, _CONVS)
         and type(norm) in _NORMS
         and norm.track_running_stats
         and norm.running_mean is not None
