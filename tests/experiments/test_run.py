@@ -204,3 +204,28 @@ def test_cli_train_and_init_from(cxr, tmp_path):
     assert info["loaded"] and not info["skipped"]
     res = runner.invoke(app, ["train", str(cfg), "--set", "train.epoch=2"])
     assert res.exit_code == 2 and "valid keys" in res.output
+
+
+def test_a_run_started_under_the_earlier_decoder_default_resumes_with_its_own_net(cxr, tmp_path, monkeypatch):
+    """Runs saved before up_mode's default became "transpose" hold interpolation + conv weights; resuming them (and
+    loading their model) rebuilds that decoder instead of failing on mismatched weights."""
+    import agseg.experiments.run as run_mod
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        f"name: t\ndata: {{path: {cxr}, options: {{mask_threshold: 127}}, preprocess: {{target_size: [32, 32]}}}}\n"
+        "model: {name: attention_unet, channels: [4, 8, 16]}\ntrain: {epochs: 1, batch_size: 2, amp: 'off'}\n",
+        encoding="utf-8",
+    )
+    real = run_mod.create_model
+    with monkeypatch.context() as m:  # the earlier default, for the first epoch only
+        m.setattr(run_mod, "create_model", lambda name, **kw: real(name, **{"up_mode": "interp", **kw}))
+        res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r"), "--resume", "--set", "train.epochs=2"])
+    assert res.exit_code == 0, res.output
+    bundle = json.loads((tmp_path / "r" / "model" / "model.json").read_text(encoding="utf-8"))
+    assert bundle["model_kwargs"]["up_mode"] == "interp"
+    assert len((tmp_path / "r" / "log.csv").read_text(encoding="utf-8").strip().splitlines()) == 3  # header + 2
+    net = Predictor.from_path(tmp_path / "r", amp="off").model
+    assert net.decoder.up_mode == "interp"

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import agseg
+from agseg.nets.compat import legacy_model_kwargs
 from agseg.nets.base import upgrade_state_dict
 from agseg.training.checkpoint import transfer_weights
 
@@ -96,6 +97,12 @@ def test_shipped_models_load_strictly(bundle: str):
     meta = json.loads((SHIPPED / bundle / "model.json").read_text(encoding="utf-8"))
     state = load_file(SHIPPED / bundle / "model.safetensors")
     model = agseg.create_model(meta["model_name"], **meta["model_kwargs"])
+    # saved when interpolation + conv was the U-Net decoder's default: rebuilt as trained (what load_bundle does)
+    kwargs = legacy_model_kwargs(model, meta["model_name"], meta["model_kwargs"], state)
+    assert kwargs == {**meta["model_kwargs"], "up_mode": "interp"}
+    with pytest.raises(RuntimeError):
+        model.load_state_dict(state, strict=True)
+    model = agseg.create_model(meta["model_name"], **kwargs)
     model.load_state_dict(state, strict=True)
     model.eval()
     # the shipped files use the names from before the split into parts (if re-shipped, this line says so)

@@ -206,22 +206,35 @@ def test_deep_supervision_list_finest_first():
     assert isinstance(unfused.eval()(x), torch.Tensor)
 
 
-def test_unet_parameter_count_by_hand():
+@pytest.mark.parametrize(
+    ("up_mode", "up"),
+    [
+        ("transpose", 8 * 4 * 2 * 2 + 4),  # default: 2x2 transposed conv, stride 2, halves the channels, with bias
+        ("interp", 8 * 4 * 9 + 4),  # 3x3 conv after the interpolation, with bias
+        ("resize", 0),  # interpolation only: the block takes 4 + 8 channels
+    ],
+)
+def test_unet_parameter_count_by_hand(up_mode, up):
     # channels (4, 8), 2D, 1 -> 1: every layer counted by hand (convs before BN have no bias).
     enc0 = (1 * 4 * 9 + 2 * 4) + (4 * 4 * 9 + 2 * 4)
     enc1 = (4 * 8 * 9 + 2 * 8) + (8 * 8 * 9 + 2 * 8)
-    up = 8 * 4 * 9 + 4  # up-sampling conv halves the channels, with bias
-    dec0 = (8 * 4 * 9 + 2 * 4) + (4 * 4 * 9 + 2 * 4)
+    dec_in = 4 + 8 if up_mode == "resize" else 8
+    dec0 = (dec_in * 4 * 9 + 2 * 4) + (4 * 4 * 9 + 2 * 4)
     head = 4 * 1 + 1
-    model = agseg.create_model("unet", spatial_dims=2, in_channels=1, out_channels=1, channels=(4, 8))
+    kw = {} if up_mode == "transpose" else {"up_mode": up_mode}
+    model = agseg.create_model("unet", spatial_dims=2, in_channels=1, out_channels=1, channels=(4, 8), **kw)
     assert count_parameters(model) == enc0 + enc1 + up + dec0 + head
 
 
-def test_flops_by_hand():
+@pytest.mark.parametrize(
+    ("up_mode", "up_macs"),
+    [("transpose", 8 * 4 * 4 * 16), ("interp", 8 * 4 * 9 * 64)],  # transposed: 2x2 kernel at each 4x4 input
+)
+def test_flops_by_hand(up_mode, up_macs):
     # 2 FLOPs per multiply-add, convolutions only; input 8x8, level 1 at 4x4.
     macs = 1 * 4 * 9 * 64 + 4 * 4 * 9 * 64 + 4 * 8 * 9 * 16 + 8 * 8 * 9 * 16  # encoder
-    macs += 8 * 4 * 9 * 64 + 8 * 4 * 9 * 64 + 4 * 4 * 9 * 64 + 4 * 64  # up conv, decoder, head
-    s = summarize("unet", (1, 1, 8, 8), channels=(4, 8))
+    macs += up_macs + 8 * 4 * 9 * 64 + 4 * 4 * 9 * 64 + 4 * 64  # up-sampling, decoder, head
+    s = summarize("unet", (1, 1, 8, 8), channels=(4, 8), up_mode=up_mode)
     assert s.flops == 2 * macs
     assert s.output_shapes == [(1, 1, 8, 8)]
 

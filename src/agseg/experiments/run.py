@@ -53,12 +53,14 @@ from agseg.inference.predictor import Predictor, safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
 from agseg.metrics import ID_COLUMNS, summarize, write_csv, write_summary_json
 from agseg.nets.base import pruning_levels_of, spatial_dims_of, unwrap, uses_deep_supervision
+from agseg.nets.compat import legacy_model_kwargs
 from agseg.nets.registry import create_model, get_model_spec
 from agseg.runtime import barrier, memory_format_for, resolve_device, set_threads, world
 from agseg.tasks import get_task
 from agseg.training.callbacks import ShardRecorder, default_callbacks
 from agseg.training.checkpoint import load_state_dict_file, transfer_weights
 from agseg.training.trainer import Trainer, TrainResult
+from agseg.weights import load_checkpoint
 
 __all__ = ["CVResult", "TrainRun", "experiment_label_set", "load_index", "run_cv", "train_model"]
 
@@ -364,6 +366,13 @@ def train_model(
     barrier()
     torch.manual_seed(cfg.seed)
     model = create_model(name, **kwargs)
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and last.is_file():  # a run started under earlier model defaults continues with its own net
+        legacy = legacy_model_kwargs(model, name, kwargs, load_checkpoint(last).get("model") or {})
+        if legacy is not None:
+            kwargs = legacy
+            torch.manual_seed(cfg.seed)
+            model = create_model(name, **kwargs)
     if init_from is not None:
         source = Path(init_from)
         if source.is_dir():

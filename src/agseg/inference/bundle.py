@@ -21,6 +21,7 @@ from torch import nn
 from agseg.data.label_set import LabelSet
 from agseg.data.preprocess import Preprocessor
 from agseg.fileio import atomic_write_text
+from agseg.nets.compat import legacy_model_kwargs
 from agseg.nets.registry import create_model
 from agseg.weights import load_checkpoint, load_state_dict_file, save_weights
 
@@ -113,26 +114,6 @@ def _with_legacy_gate_style(bundle: ModelBundle, state: Any) -> ModelBundle:
     return bundle
 
 
-_GATING_SIGNAL_KEY = re.compile(r"(^|\.)gating_signal\.0\.weight$")
-
-
-def _with_legacy_gating_source(bundle: ModelBundle, state: Any, model: nn.Module) -> ModelBundle | None:
-    """Thesis-gate single-gating models saved before the gating signal came from the last max-pooling output (its
-    conv then took the bottleneck's ``channels[-1]``): the bundle that rebuilds them as trained, or None."""
-    if "gating_from" in bundle.model_kwargs or not isinstance(state, dict):
-        return None
-    skips = getattr(model, "skips", None)
-    if getattr(skips, "gating_from", None) != "pool":
-        return None
-    saved = next((v for k, v in state.items() if _GATING_SIGNAL_KEY.search(k)), None)
-    if saved is None or saved.shape[1] != skips.channels[-1] or skips.channels[-1] == skips.channels[-2]:
-        return None
-    log.info("%s: saved before the thesis gating signal came from the last max-pooling; loading it as trained",
-             bundle.model_name)  # fmt: skip
-    kwargs = {**bundle.model_kwargs, "gating_from": "bottleneck"}
-    return ModelBundle.from_dict({**bundle.to_dict(), "model_kwargs": kwargs})
-
-
 def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelBundle]:
     """Load a net ready for prediction from a bundle folder, a run folder, or a checkpoint file.
 
@@ -176,9 +157,10 @@ def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple
         bundle.label_set  # noqa: B018  (labels and class names must make a label set)
         bundle.preprocessor()
         model = bundle.build()
-        legacy = _with_legacy_gating_source(bundle, state, model)
-        if legacy is not None:
-            bundle, model = legacy, legacy.build()
+        legacy = legacy_model_kwargs(model, bundle.model_name, bundle.model_kwargs, state)
+        if legacy is not None:  # saved under earlier defaults: rebuilt as trained
+            bundle = ModelBundle.from_dict({**bundle.to_dict(), "model_kwargs": legacy})
+            model = bundle.build()
     except (ValueError, TypeError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise ValueError(f"{where}: the model description cannot be used: {msg}") from None

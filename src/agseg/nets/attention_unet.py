@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from agseg.blocks.registry import BlockFactory
 from agseg.nets.parts import GATINGS, AttentionSkips, PoolSizes
 from agseg.nets.registry import register_model
-from agseg.nets.unet import UNET_LEGACY_RENAMES, UNet
+from agseg.nets.unet import _INTERP, UNET_LEGACY_RENAMES, UNet
 
 __all__ = ["GATINGS", "AttentionUNet"]
 
@@ -76,7 +76,7 @@ class AttentionUNet(UNet):
         out_channels: int = 1,
         channels: Sequence[int] = (64, 128, 256, 512, 1024),
         norm: str = "batch",
-        up_mode: str = "interp",
+        up_mode: str = "transpose",
         deep_supervision: bool = False,
         ds_fuse: bool = True,
         gating: str = "multi",
@@ -138,6 +138,7 @@ _CT = {
     "attention_heads": 2,
     "inter_ratio": 1.0,
     "deep_supervision": True,
+    **_INTERP,
 }
 register_model(
     "attention_unet_ct",
@@ -148,7 +149,7 @@ register_model(
 )
 # The thesis presets use the thesis gate (Table 3.2) and PyTorch's initialisation: the thesis describes no open
 # initialisation of the gates (seed 001/003 do).
-_THESIS_GATE = {"gate_style": "thesis", "gate_init": "default"}
+_THESIS_GATE = {"gate_style": "thesis", "gate_init": "default", **_INTERP}
 register_model(
     "attention_unet_thesis2d_single",
     AttentionUNet,
