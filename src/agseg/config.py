@@ -365,7 +365,8 @@ class TrainConfig:
         loss: loss name (``agseg.losses.create_loss``) and ``loss_kwargs``; ``"auto"``: the task's default
             (``dice_ce`` for segmentation, ``ce`` for classification).
         ds_weights: deep-supervision weights per output (finest first); null for the loss's default.
-        amp: ``"auto"`` (bf16 autocast where it helps: CPUs with AMX/AVX-512 bf16, CUDA), ``"bf16"`` or ``"off"``.
+        amp: ``"auto"`` (bf16 autocast where it helps: CPUs with AMX/AVX-512 bf16, CUDA; fp16 with loss scaling on
+            CUDA devices without bf16), ``"bf16"``, ``"fp16"`` or ``"off"``.
         channels_last: channels-last memory format (faster convolutions with bf16 on CPU).
         deterministic: ``torch.use_deterministic_algorithms`` and single-threaded loading order.
         select: checkpoint used after training: ``"best"`` (lowest validation loss) or ``"last"``.

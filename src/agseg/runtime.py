@@ -38,7 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AMP_MODES = ("auto", "bf16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -89,9 +89,11 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``mode`` (``"auto"``, ``"bf16"``, ``"off"``) on ``device``; None: full precision.
+    """The autocast dtype for ``mode`` (``"auto"``, ``"bf16"``, ``"fp16"``, ``"off"``) on ``device``; None: full
+    precision.
 
-    ``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with AMX / AVX-512 bf16, else fp32.
+    ``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with AMX / AVX-512 bf16, fp16 on CUDA devices
+    without bf16 (training then scales the loss: ``torch.amp.GradScaler``), else fp32 (fp16 on a CPU is slow).
 
     Raises:
         DeviceError: an unknown mode.
@@ -100,10 +102,12 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         return None
     if mode == "bf16":
         return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
     if mode != "auto":
         raise DeviceError(f"unknown amp mode {mode!r}; valid: {', '.join(AMP_MODES)}")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 

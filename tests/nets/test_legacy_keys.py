@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import agseg
-from agseg.nets.compat import legacy_model_kwargs
 from agseg.nets.base import upgrade_state_dict
+from agseg.nets.compat import legacy_model_kwargs
 from agseg.training.checkpoint import transfer_weights
 
 SHIPPED = Path(agseg.__file__).resolve().parent / "assets" / "models"

@@ -305,3 +305,25 @@ def test_a_time_budget_stops_mid_epoch(tmp_path):
     tr.callbacks.append(TimeBudget(0.0))  # spent at once: training ends after the first optimiser step
     res = tr.fit()
     assert steps == [(1, 1)] and res.epochs_run == 1 and res.stopped_early
+
+
+def test_fp16_autocast_scales_the_loss_and_resumes_with_the_scaler(tmp_path):
+    """amp="fp16" (CUDA without bf16; it runs on the CPU too): a GradScaler scales the loss, its state is in last.pt,
+    and a resumed run continues with it. bf16 / fp32 runs have no scaler state."""
+    tr = make_trainer(tmp_path / "a", amp="fp16", epochs=2, select="last")
+    assert tr.dtype == torch.float16 and tr.scaler.is_enabled()
+    scaled = []
+    orig = tr.scaler.scale
+    tr.scaler.scale = lambda loss: scaled.append(float(orig(loss).detach() / loss.detach())) or orig(loss)
+    res = tr.fit()
+    assert scaled and all(s > 1 for s in scaled)  # the loss was multiplied by the scale before backward
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    state = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    assert state["scaler"]["scale"] > 0
+    more = make_trainer(tmp_path / "a", amp="fp16", epochs=3, select="last")
+    more.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)  # at another scale: resume restores the saved one
+    assert more.resume() and more.start_epoch == 2
+    assert more.scaler.get_scale() == state["scaler"]["scale"]
+    off = make_trainer(tmp_path / "b", amp="off", epochs=1)
+    off.fit()
+    assert not off.scaler.is_enabled() and "scaler" not in load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")

@@ -242,6 +242,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = resolve_device(cfg.device)
         self.dtype = amp_dtype(cfg.amp, self.device)
+        #: loss scaling for fp16 autocast (bf16 and fp32 need none: the scaler is then a no-op)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.model = model.to(self.device)
         self.memory_format = memory_format_for(spatial_dims_of(model)) if cfg.channels_last else None
         if self.memory_format is not None:
@@ -291,6 +293,7 @@ class Trainer:
             "model": self.model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
             "history": self.history,
@@ -317,6 +320,8 @@ class Trainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.best_val_loss = float(state["best_val_loss"])
         self.best_epoch = int(state["best_epoch"])
         self.history = list(state["history"])
@@ -369,7 +374,7 @@ class Trainer:
                     f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1} (cases "
                     f"{_ids(batch)}): lower train.lr or check those cases; the last checkpoint holds epoch {epoch}"
                 )
-            (loss / cfg.grad_accum).backward()
+            self.scaler.scale(loss / cfg.grad_accum).backward()
             pending += 1
             if pending == cfg.grad_accum or i + 1 == self.batches_in_epoch:
                 steps, pending = self._step(epoch, steps), 0
@@ -391,7 +396,8 @@ class Trainer:
             raise ValueError(f"{err} (cases {_ids(batch)})") from None
 
     def _step(self, epoch: int, steps: int) -> int:
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skipped when the scaled gradients overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self._emit("on_step_end", epoch + 1, steps + 1)
         self.stop_training = _agreed(self.stop_training)  # torchrun: rank 0's stop (a time budget) for all
