@@ -41,7 +41,7 @@ def test_two_processes_train_on_different_cases_and_end_with_identical_weights(t
         tmp_path,
         3,
         "name: ddp\nmodel: {name: attention_unet, channels: [4, 8, 16]}\n"
-        "train: {epochs: 2, batch_size: 2, amp: 'off', threads: 1}\ncv: {val_fraction: 0.25}\n",
+        "train: {epochs: 2, batch_size: 2, amp: 'off', threads: 1, select: last}\ncv: {val_fraction: 0.25}\n",
     )
     res = _torchrun(tmp_path, "train", str(cfg), "--out", str(tmp_path / "run"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
