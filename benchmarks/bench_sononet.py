@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -54,7 +55,7 @@ def main() -> None:
         torch.manual_seed(0)
         net = agseg.create_model(name, in_channels=1, out_channels=2).train()
         for precision in ("fp32", "bf16"):
-            m = net.to(memory_format=torch.channels_last) if precision == "bf16" else net
+            m = copy.deepcopy(net).to(memory_format=torch.channels_last) if precision == "bf16" else net
             xx = x.to(memory_format=torch.channels_last) if precision == "bf16" else x
             variants.append((name, precision, m, xx))
     times: dict[tuple[str, str], dict[str, list[float]]] = {}

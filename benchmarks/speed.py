@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -68,8 +69,8 @@ def _monai_basic(d: int) -> nn.Module:
 NETS: dict[str, tuple[Callable[[int], nn.Module], tuple[str, ...]]] = {
     "agseg unet": (_agseg("unet", channels=WIDTHS), ("2d", "3d", "table1")),
     DEFAULT: (_agseg("attention_unet", channels=WIDTHS), ("2d", "3d", "table1")),
-    "agseg attention_unet up=transpose": (
-        _agseg("attention_unet", channels=WIDTHS, up_mode="transpose"),
+    "agseg attention_unet up=interp": (
+        _agseg("attention_unet", channels=WIDTHS, up_mode="interp"),
         ("2d", "3d", "table1"),
     ),
     "agseg attention_unet up=resize": (_agseg("attention_unet", channels=WIDTHS, up_mode="resize"), ("2d", "3d")),
@@ -124,7 +125,7 @@ class Variant:
         self.params = count_parameters(net)
         self.flops = count_flops(net, shape)
         self.train_net = net.to(memory_format=fmt) if fmt else net
-        infer = fold_batchnorm(net)[0] if label.startswith("agseg") else net
+        infer = fold_batchnorm(net)[0] if label.startswith("agseg") else copy.deepcopy(net)  # never train_net
         self.infer_net = (infer.to(memory_format=fmt) if fmt else infer).eval()
         self.x = torch.randn(shape, device=device)
         self.x = self.x.to(memory_format=fmt) if fmt else self.x
@@ -142,6 +143,7 @@ class Variant:
             torch.cuda.synchronize(self.device)
 
     def infer(self) -> float:
+        self.infer_net.eval()
         self._sync()
         t = time.perf_counter()
         with torch.no_grad(), self.autocast():

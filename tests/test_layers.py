@@ -53,3 +53,16 @@ def test_pytorchs_path_under_autocast_and_dispatch_modes():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         ours(x)
     assert counter.get_total_flops() == 2 * 8 * 8 * 27 * 8**3  # the FLOP counter sees the convolution
+
+
+def test_unbatched_inputs_padding_modes_and_torchscript_work_as_for_nn_conv3d():
+    torch.manual_seed(0)
+    for mode in ("zeros", "reflect"):
+        ours = Conv3d(2, 3, 3, padding=1, padding_mode=mode)
+        ref = nn.Conv3d(2, 3, 3, padding=1, padding_mode=mode)
+        ref.load_state_dict(ours.state_dict())
+        x = torch.randn(2, 6, 6, 6)  # unbatched (C, D, H, W)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+    scripted = torch.jit.script(ours)
+    x = torch.randn(1, 2, 6, 6, 6)
+    torch.testing.assert_close(scripted(x), ref(x), rtol=1e-4, atol=1e-5)

@@ -42,33 +42,50 @@ def _tracing() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
 
 
+def _onednn_ok(input: torch.Tensor, weight: torch.Tensor, zero_padded: bool) -> bool:
+    """Whether :class:`Conv3d` takes oneDNN for this call (see there)."""
+    return (
+        zero_padded
+        and input.dim() == 5
+        and input.device.type == "cpu"
+        and input.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not _tracing()
+        and not _dispatch_mode_active()
+    )
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that takes oneDNN's kernel for float32 on the CPU where PyTorch's heuristic does not.
 
     PyTorch picks its native ``slow_conv3d`` for a float32 batch of one when ``N * C * D * H <= 20480`` and the kernel
     is at most 3 wide (a rule tuned on 2D, ``ConvParams::use_mkldnn``): at the coarse levels of a 3D U-Net (e.g.
     1x64x16^3, 3x3x3) that path is about 3x slower than oneDNN (15 vs 47 ms on this machine), so 3D inference of one
-    volume, the usual case, ran mostly there. This class calls ``torch.mkldnn_convolution`` directly for float32 CPU
-    inputs outside autocast (where bf16 already goes to oneDNN), and PyTorch's path otherwise (CUDA, other dtypes,
-    non-zero padding modes, tracing, export, TorchScript and dispatch modes such as the FLOP counter). Same
-    parameters and state dict as ``nn.Conv3d``; outputs equal up to float rounding (``tests/test_layers.py``).
+    volume, the usual case, ran mostly there. This class calls ``torch.mkldnn_convolution`` directly for batched
+    float32 CPU inputs outside autocast (where bf16 already goes to oneDNN), and computes what ``nn.Conv3d`` does
+    otherwise (CUDA, other dtypes, unbatched inputs, non-zero padding modes, tracing, export, TorchScript, and
+    dispatch modes such as the FLOP counter). Same parameters and state dict as ``nn.Conv3d``; outputs equal up to
+    float rounding (``tests/test_layers.py``). ``torch.fx`` traces into it (it is not a ``torch.nn`` leaf).
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        #: explicit zero padding (not "same"/"valid", not reflect/replicate/circular): what oneDNN is called with
+        self._zero_padded = self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if (
-            input.device.type == "cpu"
-            and input.dtype == torch.float32
-            and weight.dtype == torch.float32
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu")
-            and not _tracing()
-            and not _dispatch_mode_active()
-        ):
-            return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation, self.groups)
-        return super()._conv_forward(input, weight, bias)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript compiles nothing of this branch; an `and` it would)
+            if _onednn_ok(input, weight, self._zero_padded):
+                return torch.mkldnn_convolution(
+                    input, weight, bias, self.padding, self.stride, self.dilation, self.groups
+                )
+        if self.padding_mode != "zeros":  # nn.Conv3d's own computation (scriptable: no super() call)
+            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv3d(padded, weight, bias, self.stride, (0, 0, 0), self.dilation, self.groups)
+        return F.conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: Conv3d}

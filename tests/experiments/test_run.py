@@ -229,3 +229,13 @@ def test_a_run_started_under_the_earlier_decoder_default_resumes_with_its_own_ne
     assert len((tmp_path / "r" / "log.csv").read_text(encoding="utf-8").strip().splitlines()) == 3  # header + 2
     net = Predictor.from_path(tmp_path / "r", amp="off").model
     assert net.decoder.up_mode == "interp"
+
+
+def test_naming_the_earlier_decoder_default_is_no_change_for_a_run_saved_without_it(cxr):
+    from agseg.experiments.run import config_changes
+
+    old = tiny_cfg(cxr)  # model: unet with no up_mode (a run from before the default changed)
+    assert config_changes(old, tiny_cfg(cxr, **{"model.up_mode": "interp"})) == []
+    assert config_changes(old, tiny_cfg(cxr, **{"model.up_mode": "transpose"})) == [
+        "model.up_mode: None -> 'transpose'"
+    ]

@@ -69,3 +69,14 @@ def test_training_with_excluded_classes_records_them_in_the_bundle(tmp_path):
     img, geom = read_image(sorted((vols / "images").iterdir())[0])
     res = Predictor.from_path(tmp_path / "run", amp="off").predict_array(img, geom)
     assert 2 not in np.unique(res.label) and np.all(res.probs[2] == 0)
+
+
+def test_excluded_classes_outside_the_outputs_are_refused_when_the_model_loads():
+    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
+    bad = ModelBundle("unet", {"out_channels": 3}, pre, labels=[0, 1, 2], exclude_classes=[3])
+    try:
+        Predictor(_Favours(), bad, amp="off")
+    except ValueError as err:
+        assert "exclude_classes [3]" in str(err) and "0..2" in str(err)
+    else:
+        raise AssertionError("an out-of-range excluded class was accepted")

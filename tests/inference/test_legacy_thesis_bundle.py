@@ -45,3 +45,34 @@ def test_a_thesis_single_gating_bundle_from_before_the_pooled_gating_signal_load
     ModelBundle("attention_unet_thesis2d_single", kwargs, pre).save(tmp_path / "new", new)
     net2, bundle2 = load_bundle(tmp_path / "new")
     assert "gating_from" not in bundle2.model_kwargs and net2.skips.gating_from == "pool"
+
+
+def test_saves_without_the_keys_whose_shapes_cannot_tell_take_the_earlier_defaults(tmp_path):
+    """Saves since the default changes name up_mode and gating_from; a save without them predates the change, so
+    where the weights' shapes cannot tell (equal widths) the earlier default is the right one."""
+    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
+    x = torch.randn(1, 1, 32, 32)
+    cases = [
+        (
+            "attention_unet",
+            {"channels": [4, 8, 16, 16], "gating": "single", "gate_style": "thesis", "up_mode": "interp"},
+            {"gating_from": "bottleneck"},
+        ),
+        ("unet", {"channels": [8, 8, 16]}, {"up_mode": "interp"}),  # C_0 == C_1
+    ]
+    for i, (name, kwargs, earlier) in enumerate(cases):
+        old = agseg.create_model(name, **kwargs, **earlier).eval()
+        ModelBundle(name, kwargs, pre).save(tmp_path / str(i), old)
+        net, bundle = load_bundle(tmp_path / str(i))
+        assert {k: bundle.model_kwargs[k] for k in earlier} == earlier
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), old(x))
+
+
+def test_runs_record_the_defaults_that_changed(tmp_path):
+    from agseg.nets.compat import resolved_kwargs
+
+    net = agseg.create_model("attention_unet_thesis2d_single", channels=[4, 8, 16, 32, 64])
+    assert resolved_kwargs(net, {}) == {"up_mode": "interp", "gating_from": "pool"}
+    assert resolved_kwargs(agseg.create_model("unet", channels=[4, 8]), {}) == {"up_mode": "transpose"}
+    assert resolved_kwargs(agseg.create_model("focusnetpp", channels=[8, 16, 32]), {}) == {}  # takes no up_mode

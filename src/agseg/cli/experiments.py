@@ -168,7 +168,7 @@ def predict(
     attention: bool = typer.Option(False, "--attention", help="Also write attention maps and an overlay figure."),
     overlap: float = typer.Option(0.5, help="Sliding-window overlap for inputs larger than the training patch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    amp: str = typer.Option("auto", help="auto (bf16 where it helps), bf16 or off."),
+    amp: str = typer.Option("auto", help="auto (bf16 where it helps; fp16 on CUDA without bf16), bf16, fp16 or off."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist already."),
     mirror_axes: str | None = typer.Option(
         None, "--mirror-axes", help="Test-time mirroring axes, e.g. 1 or 0,1,2; 'none' for none (default: the model's)."

@@ -53,7 +53,7 @@ from agseg.inference.predictor import Predictor, safe_write
 from agseg.losses import DeepSupervisionLoss, create_loss
 from agseg.metrics import ID_COLUMNS, summarize, write_csv, write_summary_json
 from agseg.nets.base import pruning_levels_of, spatial_dims_of, unwrap, uses_deep_supervision
-from agseg.nets.compat import legacy_model_kwargs
+from agseg.nets.compat import legacy_model_kwargs, resolved_kwargs
 from agseg.nets.registry import create_model, get_model_spec
 from agseg.runtime import barrier, memory_format_for, resolve_device, set_threads, world
 from agseg.tasks import get_task
@@ -204,6 +204,9 @@ def _resolve_model(
     return cfg.model.name, kwargs
 
 
+#: model settings whose default changed, with the earlier default: a run saved without the key ran with it
+_EARLIER_DEFAULTS = {"model.up_mode": "interp"}
+
 #: config keys that may differ between a run and its resumption (how, not what, is computed)
 RUNTIME_KEYS = ("train.threads", "train.device", "data.num_workers", "data.cache_dir")
 
@@ -224,6 +227,8 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig, allowed: Sequen
     for key in sorted(set(a) | set(b)):
         if key in allowed or any(key.startswith(f"{p}.") for p in allowed):
             continue
+        if key in _EARLIER_DEFAULTS and key not in a and b.get(key) == _EARLIER_DEFAULTS[key]:
+            continue  # a run made before the default changed, now resumed with the config that names the old one
         if a.get(key) != b.get(key):
             out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return out
@@ -367,18 +372,25 @@ def train_model(
     torch.manual_seed(cfg.seed)
     model = create_model(name, **kwargs)
     last = run_dir / "checkpoints" / "last.pt"
-    if resume and last.is_file():  # a run started under earlier model defaults continues with its own net
-        legacy = legacy_model_kwargs(model, name, kwargs, load_checkpoint(last).get("model") or {})
-        if legacy is not None:
-            kwargs = legacy
-            torch.manual_seed(cfg.seed)
-            model = create_model(name, **kwargs)
+    source = None
     if init_from is not None:
         source = Path(init_from)
         if source.is_dir():
             source = (
                 source / "model" / "model.safetensors" if (source / "model").is_dir() else source / "model.safetensors"
             )
+    # a run started under earlier model defaults continues with its own net; an init-from source saved under them
+    # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit)
+    earlier = (load_checkpoint(last).get("model") if resume and last.is_file() else None) or (
+        load_state_dict_file(source) if source is not None else None
+    )
+    legacy = legacy_model_kwargs(model, name, kwargs, earlier) if earlier else None
+    if legacy is not None:
+        kwargs = legacy
+        torch.manual_seed(cfg.seed)
+        model = create_model(name, **kwargs)
+    kwargs = resolved_kwargs(model, kwargs)  # the bundle names the defaults that changed once
+    if init_from is not None:
         n_src = None
         if init_classes is not None:
             meta = source.parent / "model.json"

@@ -74,7 +74,8 @@ class Predictor:
         model: the net (eval mode is set here).
         bundle: its :class:`~agseg.inference.bundle.ModelBundle`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        amp: ``"auto"`` (bf16 on CPUs with AMX/AVX-512 bf16 and on CUDA), ``"bf16"`` or ``"off"``.
+        amp: ``"auto"`` (bf16 on CPUs with AMX/AVX-512 bf16 and on CUDA devices that have it, fp16 on CUDA devices
+            without it), ``"bf16"``, ``"fp16"`` or ``"off"``.
         overlap: sliding-window overlap.
         mirror_axes: test-time augmentation by mirroring these spatial axes (array order, 0 the first spatial
             axis; every subset is predicted and the probabilities averaged); None: the bundle's ``mirror_axes``;
@@ -109,6 +110,11 @@ class Predictor:
             model, _ = fold_batchnorm(model)  # a copy: the caller's net (e.g. a trainer's) keeps its norms
         self.model = model.to(self.device).eval()
         self.bundle = bundle
+        n_out = int(bundle.model_kwargs.get("out_channels") or len(bundle.labels))
+        bad = [c for c in bundle.exclude_classes or () if not 0 <= int(c) < n_out or n_out == 1]
+        if bad:
+            raise ValueError(f"exclude_classes {bad} of {bundle.model_name}: the net has output channels 0..{n_out - 1}"
+                             + (" (one sigmoid output: nothing to exclude)" if n_out == 1 else ""))  # fmt: skip
         self.pre = bundle.preprocessor()
         self.amp = amp_dtype(amp, self.device)
         self.overlap = overlap

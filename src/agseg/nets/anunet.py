@@ -26,8 +26,8 @@ Design choices where seed 002 does not say (each tested in ``tests/nets/test_anu
       tensor that is also concatenated), at the skip's full resolution; see :class:`~agseg.nets.parts.NestedDecoder`.
       The gate is agseg's grid gate (seed 001/003 eq. 1-2: no norm after ``W_x``, ``W_g``, ``psi``; an output 1x1
       conv + BN), open at initialisation; seed 002 Fig. 4 describes conv + BN on each input and before the sigmoid.
-    * Up-sampling: ``up_mode="interp"`` (default, as agseg's U-Net: interpolation + 3x3 conv to the row's width, so
-      U-Net, Attention U-Net and ANU-Net share the up-sampling path); ``"resize"`` is UNet++'s parameter-free
+    * Up-sampling: ``up_mode="interp"`` (default: interpolation + 3x3 conv to the row's width, the thesis' U-Net
+      up-sampling, as in the U-Net configs that ANU-Net was compared with); ``"resize"`` is UNet++'s parameter-free
       interpolation (the coarser node's width is concatenated), used by the ``anunet_paper`` preset.
     * Outputs: logits (the paper's heads end in a sigmoid; agseg's losses take logits). Training mode with deep
       supervision: ``[Y_L, Y_{L-1}, ..., Y_1]``, ``Y_l`` the head on ``X^{0,l}``: the main output (the full net,
