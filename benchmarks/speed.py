@@ -14,7 +14,7 @@ round; the table gives medians, so load from other processes hits every variant 
 Shapes: ``2d`` 4x1x256x256, ``3d`` 1x1x64^3, ``table1`` seed 001 Table 1's 1x1x160x160x96 (slow on a CPU).
 
     python benchmarks/speed.py [--shapes 2d 3d] [--rounds 5] [--threads N] [--device cpu]
-        [--out benchmarks/results/speed.json] [--md docs/benchmarks.md]
+        [--out benchmarks/results/speed.json] [--md docs/benchmarks.md] [--notes benchmarks/speed_notes.md]
 """
 
 from __future__ import annotations
@@ -329,6 +329,8 @@ def main() -> None:
     ap.add_argument("--no-onnx", action="store_true", help="leave onnxruntime out")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     ap.add_argument("--md", type=Path, default=None, help="also write the report as Markdown here")
+    ap.add_argument("--notes", type=Path, default=ROOT / "benchmarks" / "speed_notes.md",
+                    help="hand-written analysis appended to the Markdown report (what explains each miss)")  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -354,6 +356,8 @@ def main() -> None:
     tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
     tmp.replace(args.out)
     if args.md:
+        if args.notes and args.notes.is_file():
+            text += "\n" + args.notes.read_text(encoding="utf-8")
         tmp = args.md.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(args.md)
