@@ -58,7 +58,7 @@ def test_committed_splits_regenerate_identically(path):
     stored = json.loads(path.read_text(encoding="utf-8"))
     plan = make_splits(
         stored["case_ids"], stored["groups"], stored["n_folds"], stored["n_repeats"], stored["seed"],
-        stored["val_fraction"],
+        stored["val_fraction"], strata=stored.get("strata"),  # classification splits are stratified by class
     )  # fmt: skip
     assert plan.to_dict() == stored
 
