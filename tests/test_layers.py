@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.profiler import profile
@@ -55,6 +56,7 @@ def test_pytorchs_path_under_autocast_and_dispatch_modes():
     assert counter.get_total_flops() == 2 * 8 * 8 * 27 * 8**3  # the FLOP counter sees the convolution
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_unbatched_inputs_padding_modes_and_torchscript_work_as_for_nn_conv3d():
     torch.manual_seed(0)
     for mode in ("zeros", "reflect"):
