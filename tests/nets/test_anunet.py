@@ -389,3 +389,33 @@ def test_pruning_through_the_net_contract():
         prune_model(unet, 1)
     with pytest.raises(ValueError, match="cannot be pruned"):
         unet.prune(1)
+
+
+def test_seed002_fig4_gate_norm_option():
+    """gate_norm=True: conv + BN on each gate input (theta on the skip, phi on the gating signal) and before the
+    sigmoid (psi), as seed 002 Fig. 4 draws it; the default keeps agseg's grid gate without those norms."""
+    kw = {"channels": (4, 8, 16)}
+    plain = agseg.create_model("anunet", **kw)
+    normed = agseg.create_model("anunet", gate_norm=True, **kw).eval()
+    g0, g1 = plain.decoder.gates["0_1"][0].gates[0], normed.decoder.gates["0_1"][0].gates[0]
+    assert not g0.gate_norm and g1.gate_norm
+    for part in (g1.theta, g1.phi, g1.psi):
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in part.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in g0.psi.modules())
+    # the gate computes sigmoid(BN(psi(relu(BN(theta x) + BN(phi g))))) (eval mode, random statistics)
+    torch.manual_seed(0)
+    for m in g1.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x, g = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)  # u^{0,1}: up-sampled to row 0 (width 4)
+    with torch.no_grad():
+        _, alpha = g1(x, g)
+        ref = torch.sigmoid(g1.psi(torch.relu(g1.theta(x) + g1.phi(g))))
+    torch.testing.assert_close(alpha, ref)
+    # pruning keeps the gate: the level-1 net's state matches the full net's
+    small = normed.prune(1)
+    gate_keys = [k for k in small.state_dict() if k.startswith("decoder.gates.0_1.")]
+    assert any(".psi.1." in k for k in gate_keys)  # psi's batch norm survives pruning, with the full net's values
+    assert all(torch.equal(small.state_dict()[k], normed.state_dict()[k]) for k in gate_keys)
+    assert normed(torch.randn(1, 1, 16, 16)).shape == (1, 1, 16, 16)

@@ -74,6 +74,8 @@ class ANUNet(SegmentationNet):
         attention_heads: sub-gates per gate (multi-dimensional attention, seed 003 sec. 2.2.1).
         inter_ratio: the gates' intermediate channels as a fraction of the skip's channels.
         gate_init: ``"open"`` (alpha about 0.95 at init) or ``"default"`` (PyTorch's init).
+        gate_norm: batch norm after each gate convolution (theta, phi, psi): seed 002 Fig. 4's gate, "conv + BN" on
+            each input and before the sigmoid. Off by default (agseg's grid gate, tested against seed 001/003 eq. 1-2).
         block: the conv block of every node, a name in :mod:`agseg.blocks.registry` or a factory.
         pool_sizes: one entry per down-sampling step (``L``), an int or one per axis; default 2 everywhere.
 
@@ -106,6 +108,7 @@ class ANUNet(SegmentationNet):
         gate_init: str = "open",
         block: str | BlockFactory = "double_conv",
         pool_sizes: PoolSizes | None = None,
+        gate_norm: bool = False,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -128,6 +131,7 @@ class ANUNet(SegmentationNet):
             "gate_init": gate_init,
             "block": block,
             "pool_sizes": pool_sizes,
+            "gate_norm": bool(gate_norm),
         }
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
         self.channels = channels
@@ -150,6 +154,7 @@ class ANUNet(SegmentationNet):
             attention_heads=attention_heads,
             inter_ratio=inter_ratio,
             gate_init=gate_init,
+            gate_norm=gate_norm,
         )
         # heads[n] is the head on X^{0,L-n}: the main output's first (fuse=False: no fused output).
         n_heads = len(self.output_levels)

@@ -528,6 +528,8 @@ class NestedDecoder(nn.Module):
         attention_heads: sub-gates per gate (multi-dimensional attention, seed 003 sec. 2.2.1).
         inter_ratio: the gates' intermediate channels as a fraction of the skip's channels.
         gate_init: ``"open"`` or ``"default"`` (see :class:`~agseg.blocks.attention_gate.GridAttentionGate`).
+        gate_norm: a norm after each of the gates' theta, phi and psi convolutions (seed 002 Fig. 4: "conv + BN" on
+            each input and before the sigmoid); off by default (agseg's grid gate, seeds 001/003).
 
     Attributes:
         ups: ``nn.ModuleDict``, ``ups["i_j"]`` brings ``X^{i+1,j-1}`` to row ``i`` for node ``X^{i,j}``.
@@ -552,6 +554,7 @@ class NestedDecoder(nn.Module):
         attention_heads: int = 1,
         inter_ratio: float = 0.5,
         gate_init: str = "open",
+        gate_norm: bool = False,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -590,6 +593,7 @@ class NestedDecoder(nn.Module):
                         sub_sample=1,
                         init=gate_init,
                         norm=norm,
+                        gate_norm=gate_norm,
                     )
                     for _ in range(j)
                 )
