@@ -138,3 +138,17 @@ def test_errors(kwargs, match):
     args = {"case_ids": IDS, "groups": GROUPS, "n_folds": 5} | kwargs
     with pytest.raises(ValueError, match=match):
         make_splits(**args)
+
+
+def test_reusing_a_file_with_validation_sets_and_val_fraction_0_trains_on_them(tmp_path):
+    """The thesis protocol (no validation: the k-1 folds train) on a splits file made with a carve-out: the
+    validation cases join training, the test folds (and so the pairing) stay the file's."""
+    path = tmp_path / "splits.json"
+    made = load_or_create_splits(path, IDS, GROUPS, n_folds=5, seed=0, val_fraction=0.25)
+    assert all(f.val for f in made)
+    reused = load_or_create_splits(path, IDS, GROUPS, n_folds=5, seed=0, val_fraction=0)
+    reused.validate()
+    for a, b in zip(made, reused, strict=True):
+        assert b.val == [] and b.test == a.test and sorted(b.train) == sorted(a.train + a.val)
+    kept = load_or_create_splits(path, IDS, GROUPS, n_folds=5, seed=0, val_fraction=0.1)  # other fractions: kept
+    assert [f.val for f in kept] == [f.val for f in made]

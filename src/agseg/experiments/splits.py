@@ -23,6 +23,7 @@ Splitting rules:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -452,7 +453,8 @@ def load_or_create_splits(
         n_repeats: Repeats; must match the file.
         seed: Base seed; must match the file.
         val_fraction: Used when creating; a different value in an existing file is kept (test folds are not
-            affected) and logged as a warning.
+            affected) and logged as a warning, except 0: then each fold's validation cases train instead (no
+            validation at all, as the thesis protocol asks), still with the file's test folds.
         strata: Each case's class, for stratified folds (classifiers; see :func:`make_splits`). An existing file
             made without them, or with other classes, is still reused (its folds stay paired) with a warning.
 
@@ -501,7 +503,17 @@ def load_or_create_splits(
             logger.warning("%s was made without stratification by class: reusing its folds (still paired)", path)
         elif dict(zip(plan.case_ids, plan.strata, strict=True)) != want:
             logger.warning("%s was stratified by other classes than these: reusing its folds (still paired)", path)
-    if not math.isclose(plan.val_fraction, val_fraction):
+    if val_fraction == 0 and any(f.val for f in plan.folds):
+        # no validation asked for (the thesis protocol: the k-1 folds train): each fold's validation cases train
+        # instead; the test folds, and so the pairing with other models on this file, are unchanged
+        logger.warning(
+            "%s has validation sets (val_fraction=%g) but val_fraction is 0: they train instead (test folds kept)",
+            path,
+            plan.val_fraction,
+        )
+        folds = [dataclasses.replace(f, train=sorted([*f.train, *f.val]), val=[]) for f in plan.folds]
+        plan = dataclasses.replace(plan, folds=folds, val_fraction=0.0)
+    elif not math.isclose(plan.val_fraction, val_fraction):
         logger.warning(
             "%s was made with val_fraction=%g, not %g: keeping the file's validation sets",
             path,
