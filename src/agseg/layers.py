@@ -38,8 +38,9 @@ def _dispatch_mode_active() -> bool:
 
 
 def _tracing() -> bool:
+    """TorchScript, ``torch.jit.trace``, ``torch.compile`` or ``torch.export`` at work (see :func:`_compiling`)."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or _compiling() or exporting()
 
 
 def _onednn_ok(input: torch.Tensor, weight: torch.Tensor, zero_padded: bool) -> bool:

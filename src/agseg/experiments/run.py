@@ -379,12 +379,14 @@ def train_model(
             source = (
                 source / "model" / "model.safetensors" if (source / "model").is_dir() else source / "model.safetensors"
             )
+    source_state = load_state_dict_file(source) if source is not None else None
     # a run started under earlier model defaults continues with its own net; an init-from source saved under them
-    # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit)
-    earlier = (load_checkpoint(last).get("model") if resume and last.is_file() else None) or (
-        load_state_dict_file(source) if source is not None else None
-    )
-    legacy = legacy_model_kwargs(model, name, kwargs, earlier) if earlier else None
+    # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit). Only
+    # looked for when the config leaves such a default unnamed.
+    legacy = None
+    if resolved_kwargs(model, kwargs) != kwargs:
+        earlier = (load_checkpoint(last).get("model") if resume and last.is_file() else None) or source_state
+        legacy = legacy_model_kwargs(model, name, kwargs, earlier) if earlier else None
     if legacy is not None:
         kwargs = legacy
         torch.manual_seed(cfg.seed)
@@ -397,7 +399,7 @@ def train_model(
             n_src = (
                 json.loads(meta.read_text(encoding="utf-8"))["model_kwargs"]["out_channels"] if meta.is_file() else None
             )
-        report = transfer_weights(model, load_state_dict_file(source), init_classes, n_src)
+        report = transfer_weights(model, source_state, init_classes, n_src)
         if rank == 0:
             _write_json(run_dir / "init_from.json", {"source": str(source), **report.__dict__})
     loss_name = task.default_loss if cfg.train.loss == "auto" else cfg.train.loss
