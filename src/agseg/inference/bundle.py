@@ -9,8 +9,6 @@ plain data: loading a bundle executes nothing from the files.
 from __future__ import annotations
 
 import json
-import logging
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,6 @@ from agseg.weights import load_checkpoint, load_state_dict_file, save_weights
 
 __all__ = ["ModelBundle", "load_bundle"]
 
-log = logging.getLogger(__name__)
 
 BUNDLE_JSON = "model.json"
 BUNDLE_WEIGHTS = "model.safetensors"
@@ -96,24 +93,6 @@ class ModelBundle:
         return folder
 
 
-_OKTAY_GATE_KEY = re.compile(r"(^|\.)gates\.\d+\.gates\.\d+\.out\.")
-
-
-def _with_legacy_gate_style(bundle: ModelBundle, state: Any) -> ModelBundle:
-    """Models saved with a thesis preset before the presets took the thesis gate (their gates have Oktay's output
-    transform, ``...gates.N.gates.M.out.*``) load with the gate they were trained with."""
-    if (
-        bundle.model_name.startswith("attention_unet_thesis")
-        and "gate_style" not in bundle.model_kwargs
-        and isinstance(state, dict)
-        and any(_OKTAY_GATE_KEY.search(k) for k in state)
-    ):
-        log.info("%s: saved before the thesis presets used the thesis gate; loading it with Oktay's", bundle.model_name)
-        kwargs = {**bundle.model_kwargs, "gate_style": "oktay", "gate_init": "open"}
-        return ModelBundle.from_dict({**bundle.to_dict(), "model_kwargs": kwargs})
-    return bundle
-
-
 def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelBundle]:
     """Load a net ready for prediction from a bundle folder, a run folder, or a checkpoint file.
 
@@ -152,7 +131,6 @@ def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple
     else:
         raise FileNotFoundError(f"model not found: {src}")
     where = src / BUNDLE_JSON if src.is_dir() else src
-    bundle = _with_legacy_gate_style(bundle, state)
     try:
         bundle.label_set  # noqa: B018  (labels and class names must make a label set)
         bundle.preprocessor()

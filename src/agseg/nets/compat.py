@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["legacy_gating_source", "legacy_model_kwargs", "legacy_up_mode", "resolved_kwargs"]
+__all__ = ["legacy_gate_style", "legacy_gating_source", "legacy_model_kwargs", "legacy_up_mode", "resolved_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,21 @@ def legacy_gating_source(model: nn.Module, kwargs: Mapping[str, Any], state: Map
     return {"gating_from": "bottleneck"}
 
 
+_OKTAY_GATE_OUT = re.compile(r"(^|\.)gates\.\d+\.gates\.\d+\.out\.")
+
+
+def legacy_gate_style(model: nn.Module, kwargs: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"gate_style": "oktay", "gate_init": "open"}`` for a model saved with a thesis preset before the presets
+    took the thesis gate: the model built now has the thesis gate (no output transform) where the saved gates have
+    Oktay's output transform (``...gates.N.gates.M.out.*``); ``{}`` otherwise."""
+    skips = getattr(model, "skips", None)
+    if "gate_style" in kwargs or getattr(skips, "gate_style", None) != "thesis":
+        return {}
+    if not any(_OKTAY_GATE_OUT.search(k) for k in state):
+        return {}
+    return {"gate_style": "oktay", "gate_init": "open"}
+
+
 def resolved_kwargs(model: nn.Module, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """``kwargs`` with the defaults that changed once (``up_mode``, ``gating_from``) written out from ``model``, so
     that a saved model names them and rebuilds the same under any later default."""
@@ -90,7 +105,10 @@ def legacy_model_kwargs(
     trained, or None when it already is."""
     if not isinstance(state, Mapping):
         return None
-    extra = {**legacy_up_mode(model, kwargs, state), **legacy_gating_source(model, kwargs, state)}
+    # an Oktay-gate save rebuilds with Oktay's gate, whose single gating takes the bottleneck anyway: the thesis
+    # gating-source check does not apply to it
+    extra = legacy_gate_style(model, kwargs, state) or legacy_gating_source(model, kwargs, state)
+    extra = {**extra, **legacy_up_mode(model, kwargs, state)}
     if not extra:
         return None
     log.info("%s: saved under earlier defaults; loading it as trained (%s)", name,
