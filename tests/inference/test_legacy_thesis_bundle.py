@@ -8,22 +8,31 @@ import agseg
 from agseg.data.preprocess import PreprocessConfig, Preprocessor
 from agseg.inference.bundle import ModelBundle, load_bundle
 
+PRE = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
+
+
+def _saved_and_loaded(folder, name, kwargs, model):
+    """Save ``model`` as a bundle of ``name`` with only ``kwargs`` recorded (as older saves were), load it back."""
+    ModelBundle(name, kwargs, PRE).save(folder, model)
+    return load_bundle(folder)
+
+
+def _same_function(a, b, shape=(1, 1, 32, 32)):
+    x = torch.randn(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+
 
 def test_an_old_thesis_bundle_loads_with_oktays_gate(tmp_path):
     kwargs = {"channels": [4, 8, 16, 32, 64]}
     # what the preset built before (Oktay's gate, open init) and saved with only the user's kwargs
     old = agseg.create_model("attention_unet_thesis2d_multi", gate_style="oktay", gate_init="open", **kwargs).eval()
-    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
-    ModelBundle("attention_unet_thesis2d_multi", kwargs, pre).save(tmp_path / "old", old)
-    net, bundle = load_bundle(tmp_path / "old")
+    net, bundle = _saved_and_loaded(tmp_path / "old", "attention_unet_thesis2d_multi", kwargs, old)
     assert bundle.model_kwargs["gate_style"] == "oktay"
-    x = torch.randn(1, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), old(x))
+    _same_function(net, old)
     # a bundle saved now with the same preset has the thesis gate and loads as such
     new = agseg.create_model("attention_unet_thesis2d_multi", **kwargs).eval()
-    ModelBundle("attention_unet_thesis2d_multi", kwargs, pre).save(tmp_path / "new", new)
-    net2, bundle2 = load_bundle(tmp_path / "new")
+    net2, bundle2 = _saved_and_loaded(tmp_path / "new", "attention_unet_thesis2d_multi", kwargs, new)
     assert "gate_style" not in bundle2.model_kwargs
     assert isinstance(net2.skips.gates["0"].gates[0].out, torch.nn.Identity)
 
@@ -33,25 +42,18 @@ def test_a_thesis_single_gating_bundle_from_before_the_pooled_gating_signal_load
     # saved when the thesis single-gating signal came from the bottleneck (its conv took 64 channels, now 32)
     old = agseg.create_model("attention_unet_thesis2d_single", gating_from="bottleneck", **kwargs).eval()
     assert old.skips.gating_signal[0].in_channels == 64
-    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
-    ModelBundle("attention_unet_thesis2d_single", kwargs, pre).save(tmp_path / "old", old)
-    net, bundle = load_bundle(tmp_path / "old")
+    net, bundle = _saved_and_loaded(tmp_path / "old", "attention_unet_thesis2d_single", kwargs, old)
     assert bundle.model_kwargs["gating_from"] == "bottleneck"
-    x = torch.randn(1, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), old(x))
+    _same_function(net, old)
     new = agseg.create_model("attention_unet_thesis2d_single", **kwargs).eval()
     assert new.skips.gating_signal[0].in_channels == 32
-    ModelBundle("attention_unet_thesis2d_single", kwargs, pre).save(tmp_path / "new", new)
-    net2, bundle2 = load_bundle(tmp_path / "new")
+    net2, bundle2 = _saved_and_loaded(tmp_path / "new", "attention_unet_thesis2d_single", kwargs, new)
     assert "gating_from" not in bundle2.model_kwargs and net2.skips.gating_from == "pool"
 
 
 def test_saves_without_the_keys_whose_shapes_cannot_tell_take_the_earlier_defaults(tmp_path):
     """Saves since the default changes name up_mode and gating_from; a save without them predates the change, so
     where the weights' shapes cannot tell (equal widths) the earlier default is the right one."""
-    pre = Preprocessor(PreprocessConfig(intensity="none")).to_dict()
-    x = torch.randn(1, 1, 32, 32)
     cases = [
         (
             "attention_unet",
@@ -62,11 +64,9 @@ def test_saves_without_the_keys_whose_shapes_cannot_tell_take_the_earlier_defaul
     ]
     for i, (name, kwargs, earlier) in enumerate(cases):
         old = agseg.create_model(name, **kwargs, **earlier).eval()
-        ModelBundle(name, kwargs, pre).save(tmp_path / str(i), old)
-        net, bundle = load_bundle(tmp_path / str(i))
+        net, bundle = _saved_and_loaded(tmp_path / str(i), name, kwargs, old)
         assert {k: bundle.model_kwargs[k] for k in earlier} == earlier
-        with torch.no_grad():
-            torch.testing.assert_close(net(x), old(x))
+        _same_function(net, old)
 
 
 def test_runs_record_the_defaults_that_changed(tmp_path):
