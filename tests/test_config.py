@@ -45,3 +45,15 @@ def test_unknown_keys_list_valid_ones(tmp_path):
 def test_defaults_are_usable():
     cfg = ExperimentConfig()
     assert cfg.train.optimizer == "adam" and cfg.cv.folds == 5 and "hd95" in cfg.eval.metrics
+
+
+def test_a_relative_data_path_in_a_dict_means_the_working_directory_wherever_the_config_is_saved(tmp_path, monkeypatch):
+    from agseg.config import from_dict
+
+    monkeypatch.chdir(tmp_path)
+    cfg = from_dict({"data": {"path": "out/data", "cache_dir": "out/.cache"}, "model": {"name": "unet"}})
+    assert cfg.data.path == str(tmp_path.resolve() / "out" / "data")
+    assert cfg.data.cache_dir == str(tmp_path.resolve() / "out" / ".cache")
+    # a run saves it in its own folder and reads it back from there: the same folder, not out/run/out/data
+    back = load_config(save_config(cfg, tmp_path / "out" / "run" / "config.yaml"))
+    assert back.data.path == cfg.data.path and back.data.cache_dir == cfg.data.cache_dir

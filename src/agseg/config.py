@@ -290,7 +290,8 @@ class DataConfig:
     """Where the data is and how it is prepared.
 
     Attributes:
-        path: dataset folder or descriptor file (YAML/CSV/JSON), relative paths resolved against the config file.
+        path: dataset folder or descriptor file (YAML/CSV/JSON), relative paths resolved against the config file
+            (:func:`load_config`) or, for a dict (:func:`from_dict`), the working directory.
         layout: dataset layout name, or ``"auto"`` to detect it (see ``agseg data inspect``).
         labels: the label set ``{value: name}`` (or a list of values); null: from the dataset (``dataset.json``, a
             descriptor), else counted over all cases once. Every case is checked against it.
@@ -684,7 +685,7 @@ def from_dict(raw: Any) -> ExperimentConfig:
     from agseg.nets.registry import get_model_spec
 
     task = get_model_spec(model_name).task
-    data = _data_section(raw.get("data"))
+    data = _absolute_paths(_data_section(raw.get("data")))
     _check_layout(data)
     train = _train_section(raw.get("train"))
     _check_train(train, task)
@@ -697,6 +698,18 @@ def from_dict(raw: Any) -> ExperimentConfig:
             labels[int(value)] = str(cname)
         data = dataclasses.replace(data, labels=dict(sorted(labels.items())))
     return ExperimentConfig(name, seed, data, ModelConfig(model_name, model_kwargs), train, cv, ev)
+
+
+def _absolute_paths(data: DataConfig) -> DataConfig:
+    """``data.path`` and ``data.cache_dir`` made absolute (a relative one is taken from the working directory).
+
+    A run saves its config in its own folder and reads it back from there (resume, evaluate --run, post-processing),
+    where :func:`load_config` would resolve a relative path against that folder instead: ``demo_out/data`` became
+    ``demo_out/unet/demo_out/data``. An absolute path means the same thing wherever the config is read.
+    """
+    changes = {k: str(Path(v).resolve()) for k in ("path", "cache_dir")
+               if isinstance(v := getattr(data, k), str) and v and not os.path.isabs(v)}  # fmt: skip
+    return dataclasses.replace(data, **changes) if changes else data
 
 
 def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
