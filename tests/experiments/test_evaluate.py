@@ -143,3 +143,54 @@ def test_evaluate_run_reproduces_the_cv_table_and_adds_pooled(tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert "pooled" in out.output and len(read_csv(tmp_path / "ev1" / "metrics.csv")) == 3
+
+
+def _antialiased(shape, centre, r):
+    """An 8-bit disc with anti-aliased edges (0..255 in steps), like the cxr_lungs masks: lung = value > 127."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d = np.sqrt((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2)
+    return (np.clip(r + 0.5 - d, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _write_png(path, arr):
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+
+
+def test_anti_aliased_references_are_binarised_by_default_and_side_outputs_are_not_predictions(tmp_path):
+    g = Geometry.identity((48, 48), format="png")
+    refs = {}
+    for i in range(3):
+        refs[i] = _antialiased((48, 48), (24, 24), 9.3 + i)
+        assert len(np.unique(refs[i])) > 3  # edges between 0 and 255
+        _write_png(tmp_path / "ref" / f"c{i}.png", refs[i])
+        pred = _disc((48, 48), (25, 23), 9)
+        write_mask(tmp_path / "pred" / f"c{i}.png", pred, g)
+        for side in ("prob", "attention", "att_level1"):  # what `agseg predict --probs --attention` adds
+            _write_png(tmp_path / "pred" / f"c{i}_{side}.png", np.full((48, 48), 200, np.uint8))
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, metrics=["dice"])
+    # was: every grey level a class (dice_36, dice_73, ... and a mean near 0), and the maps scored as predictions
+    assert [r["case_id"] for r in res.rows] == ["c0", "c1", "c2"] and set(res.rows[0]) == {"case_id", "dice"}
+    for i, r in enumerate(res.rows):
+        assert r["dice"] == pytest.approx(dice(_disc((48, 48), (25, 23), 9), refs[i] > 127))
+    # asked for: the values are labels; then too many of them is refused, naming the folder
+    _write_png(tmp_path / "ref2" / "c0.png", (np.arange(48 * 48).reshape(48, 48) % 200).astype(np.uint8))
+    with pytest.raises(DataError, match=r"ref2.*199 foreground values.*--ref-threshold"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref2", None, metrics=["dice"], ref_threshold=None)
+
+
+def test_evaluate_cli_counts_missing_apart_in_one_warning(tmp_path, caplog):
+    g = Geometry.identity((32, 32), format="png")
+    for i in range(5):
+        write_mask(tmp_path / "ref" / f"c{i}.png", _disc((32, 32), (16, 16), 6), g)
+    write_mask(tmp_path / "pred" / "c0.png", _disc((32, 32), (16, 16), 6), g)
+    res = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                                   "--out", str(tmp_path / "ev"), "-m", "dice"])  # fmt: skip
+    assert res.exit_code == 3, res.output
+    assert "1 of 5 references predicted" in res.output
+    warned = [r.getMessage() for r in caplog.records if "no prediction" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("4 of 5 references have no prediction"), warned
+    row = next(line for line in res.output.splitlines() if line.strip("│ ").startswith("dice"))
+    assert [c.strip() for c in row.strip("│").split("│")][4:] == ["5", "4", "0"]  # n, missing, undefined

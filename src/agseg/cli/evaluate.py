@@ -26,7 +26,11 @@ def evaluate(
         None, "--metric", "-m", help="Metric to compute (repeatable); default: agseg.metrics.DEFAULT_METRICS."
     ),
     labels: str = typer.Option("auto", help="'auto', 'binary', or comma-separated label values, e.g. 1,2."),
-    ref_threshold: float | None = typer.Option(None, help="Binarise references as value > T (anti-aliased PNG: 127)."),
+    ref_threshold: str = typer.Option(
+        "auto",
+        help="Binarise references as value > T; 'auto': 8-bit masks whose maximum is 255 (binary or anti-aliased "
+        "PNG) as value > 127, others as labels; 'none': values are labels.",
+    ),
     pred_suffix: str = typer.Option("", help="Suffix of prediction file names to ignore when pairing (e.g. _pred)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace metrics.csv / summary.json already in --out."),
     repredict: bool = typer.Option(
@@ -63,6 +67,16 @@ def evaluate(
                 f"error: --labels must be auto, binary or integers like 1,2; got {labels!r}", fg="red", err=True
             )
             raise typer.Exit(2) from None
+    threshold: float | str | None = ref_threshold.strip().lower()
+    if threshold == "none":
+        threshold = None
+    elif threshold != "auto":
+        try:
+            threshold = float(ref_threshold)
+        except ValueError:
+            typer.secho(f"error: --ref-threshold must be auto, none or a number; got {ref_threshold!r}", fg="red",
+                        err=True)  # fmt: skip
+            raise typer.Exit(2) from None
     existing = [p for p in (out / "metrics.csv", out / "summary.json") if p.exists()]
     if existing and not overwrite:
         typer.secho(f"error: {existing[0]}: exists already: not overwritten (pass --overwrite, or another --out)",
@@ -82,18 +96,21 @@ def evaluate(
             result = evaluate_run(run, out, metrics, repredict=repredict, mirror_axes=axes, postprocess=decision)
             title = f"{len(result.rows)} test cases of {run}"
         else:
-            result = evaluate_folders(pred, ref, out, metrics, lab, ref_threshold, pred_suffix)  # type: ignore[arg-type]
-            title = f"{len(result.rows)} cases: {pred} vs {ref}"
+            result = evaluate_folders(pred, ref, out, metrics, lab, threshold, pred_suffix)  # type: ignore[arg-type]
+            n_ref = len(result.rows)
+            title = f"{n_ref - len(result.missing)} of {n_ref} references predicted: {pred} vs {ref}"
     except DataError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
     summary = result.summary
     table = Table(title=title)
-    for col in ("metric", "mean", "std", "median", "n", "undefined"):
+    for col in ("metric", "mean", "std", "median", "n", "missing", "undefined"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, s in summary.items():
-        table.add_row(name, fmt(s["mean"]), fmt(s["std"]), fmt(s["median"]), str(s["n"]), str(s["n_undefined"]))
+        n_missing = int(s.get("n_missing", 0))  # no prediction (or no value): apart from NaN/Inf values
+        table.add_row(name, fmt(s["mean"]), fmt(s["std"]), fmt(s["median"]), str(s["n"]), str(n_missing),
+                      str(s["n_undefined"] - n_missing))  # fmt: skip
     console.print(table)
     pooled = result.pooled if "dice" not in result.pooled else {"": result.pooled}
     ptable = Table(title="pooled over all cases (summed voxel counts)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +129,28 @@ class Evaluation:
     missing: list[str] = field(default_factory=list)
 
 
+#: what ``agseg predict`` writes beside a mask ``<name>``: probability and attention maps, figures
+_SIDE_OUTPUT = re.compile(r"^(?P<base>.+)_(?:prob(?:_[^_]+)?|attention|att_[^_]+|boxes)$")
+
+
+def _prediction_files(pred_dir: Path, pred_suffix: str) -> dict[str, Path]:
+    """``{case name: prediction file}``, leaving out ``agseg predict``'s side outputs (``x_prob.png``,
+    ``x_attention.png``, ``x_att_level1.png``, ``x_boxes.png`` beside ``x.png``): they are not masks to score."""
+    preds: dict[str, Path] = {}
+    for p in data_files(pred_dir):
+        stem = split_ext(p)[0]
+        if pred_suffix and stem.endswith(pred_suffix):
+            stem = stem[: -len(pred_suffix)]
+        preds[stem] = p
+    side = {n for n in preds if (m := _SIDE_OUTPUT.match(n)) and m["base"] in preds}
+    return {n: p for n, p in preds.items() if n not in side}
+
+
 def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "") -> list[tuple[str, Path, Path]]:
     """Match prediction and reference files by name (format-agnostic: ``a.png`` pairs with ``a.png``;
     ``ct_pred.nii.gz`` with ``ct.nii.gz`` when ``pred_suffix="_pred"``). References without a prediction are
-    listed by :func:`unpaired` (and counted as missing by :func:`evaluate_folders`).
+    listed by :func:`unpaired` (and counted as missing by :func:`evaluate_folders`); the probability and attention
+    maps ``agseg predict`` writes beside its masks are not predictions.
 
     Raises:
         DataError: a folder is missing or no file pairs up (the message names the folders).
@@ -141,12 +160,7 @@ def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "")
         if not d.is_dir():
             raise DataError(d, "folder not found")
     refs = {split_ext(p)[0]: p for p in data_files(ref_dir)}
-    preds: dict[str, Path] = {}
-    for p in data_files(pred_dir):
-        stem = split_ext(p)[0]
-        if pred_suffix and stem.endswith(pred_suffix):
-            stem = stem[: -len(pred_suffix)]
-        preds[stem] = p
+    preds = _prediction_files(pred_dir, pred_suffix)
     common = sorted(set(refs) & set(preds))
     if not common:
         raise DataError(pred_dir, f"no prediction file matches a reference in {ref_dir} by name")
@@ -156,11 +170,17 @@ def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "")
 def unpaired(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "") -> tuple[list[Path], list[Path]]:
     """``(references without a prediction, predictions without a reference)``, matched as :func:`pair_masks`."""
     refs = {split_ext(p)[0]: p for p in data_files(ref_dir)}
-    preds = {}
-    for p in data_files(pred_dir):
-        stem = split_ext(p)[0]
-        preds[stem[: -len(pred_suffix)] if pred_suffix and stem.endswith(pred_suffix) else stem] = p
+    preds = _prediction_files(Path(pred_dir), pred_suffix)
     return [refs[n] for n in sorted(set(refs) - set(preds))], [preds[n] for n in sorted(set(preds) - set(refs))]
+
+
+def _few(paths: Sequence[Path], k: int = 3) -> str:
+    names = ", ".join(p.name for p in paths[:k])
+    return names + (f" and {len(paths) - k} more" if len(paths) > k else "")
+
+
+#: more foreground values than this in references read as labels: not a label map (anti-aliased or continuous)
+MAX_AUTO_LABELS = 32
 
 
 def evaluate_folders(
@@ -169,7 +189,7 @@ def evaluate_folders(
     out_dir: str | Path | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     labels: Sequence[int] | str | None = "auto",
-    ref_threshold: float | None = None,
+    ref_threshold: float | str | None = "auto",
     pred_suffix: str = "",
 ) -> Evaluation:
     """Per-case metrics for two folders of masks, written to ``out_dir/metrics.csv`` and ``out_dir/summary.json``
@@ -182,7 +202,9 @@ def evaluate_folders(
         metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         labels: ``"auto"`` (binary when the references hold one foreground value, else every non-zero value),
             ``None`` (binary, non-zero is foreground), or an explicit list.
-        ref_threshold: binarise references as ``value > ref_threshold`` (anti-aliased PNG masks: 127).
+        ref_threshold: binarise references as ``value > ref_threshold``; ``"auto"`` (the datasets' rule): an 8-bit
+            reference whose maximum is 255 (a binary or anti-aliased PNG) is read as ``value > 127``, any other is
+            kept as labels; ``None``: values are labels.
         pred_suffix: suffix of prediction names to ignore when pairing.
 
     Returns:
@@ -191,24 +213,38 @@ def evaluate_folders(
         it; :attr:`Evaluation.missing` lists them.
 
     Raises:
-        DataError: a pair whose shapes or geometry differ (both files named), unreadable files, or no pairs.
+        DataError: a pair whose shapes or geometry differ (both files named), unreadable files, no pairs, or
+            (``labels="auto"``) references with more than :data:`MAX_AUTO_LABELS` foreground values.
     """
     pairs = pair_masks(pred_dir, ref_dir, pred_suffix)
     missing, extra = unpaired(pred_dir, ref_dir, pred_suffix)
-    for p in missing:
-        log.warning("no prediction for reference %s: counted as missing", p)
-    for p in extra:
-        log.warning("no reference for prediction %s: not evaluated", p)
+    if missing:
+        log.warning("%d of %d references have no prediction (counted as missing): %s", len(missing),
+                    len(missing) + len(pairs), _few(missing))  # fmt: skip
+    if extra:
+        log.warning("%d prediction(s) have no reference (not evaluated): %s", len(extra), _few(extra))
     loaded = []
     values: set[int] = set()
+    auto_thresholded = []
     for case_id, pp, rp in pairs:
         ref, geom = read_mask(rp)
-        if ref_threshold is not None:
-            ref = (ref > ref_threshold).astype(np.uint8)
+        if ref_threshold == "auto":
+            if ref.dtype == np.uint8 and ref.size and int(ref.max()) == 255:
+                ref = (ref > 127).astype(np.uint8)
+                auto_thresholded.append(rp)
+        elif ref_threshold is not None:
+            ref = (ref > float(ref_threshold)).astype(np.uint8)
         values |= {int(v) for v in np.unique(ref)}
         loaded.append((case_id, pp, rp, ref, geom))
+    if auto_thresholded:
+        log.info("%d 8-bit reference(s) with maximum 255 read as foreground = value > 127 (--ref-threshold to "
+                 "change)", len(auto_thresholded))  # fmt: skip
     if labels == "auto":
         fg = sorted(values - {0})
+        if len(fg) > MAX_AUTO_LABELS:
+            raise DataError(Path(ref_dir), f"the references hold {len(fg)} foreground values ({fg[0]}..{fg[-1]}): "
+                            "not a label map (anti-aliased or continuous masks?); pass --ref-threshold T to binarise "
+                            "them, or --labels to name the classes")  # fmt: skip
         labels = None if len(fg) <= 1 else fg
     rows: list[dict[str, Any]] = []
     pool = _Pool(labels)  # type: ignore[arg-type]
@@ -238,8 +274,8 @@ def _finish(rows: list[dict[str, Any]], pooled: dict[str, Any], out_dir: str | P
         out = Path(out_dir)
         write_csv(rows, out / "metrics.csv")
         write_summary_json(summary, out / "summary.json", **extra, pooled=pooled)
-    n_bad = {k: s.n_undefined for k, s in summary.items() if s.n_undefined}
-    if n_bad:
+    n_bad = {k: s.n_undefined - s.n_missing for k, s in summary.items() if s.n_undefined > s.n_missing}
+    if n_bad:  # the missing rows (no prediction) are reported apart
         log.warning("undefined values (counted, not dropped): %s", n_bad)
     return Evaluation(rows, {k: s.as_dict() for k, s in summary.items()}, pooled)
 
