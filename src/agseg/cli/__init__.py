@@ -31,14 +31,19 @@ def _debug() -> bool:
     return os.environ.get("AGSEG_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
 
 
-_PASS_THROUGH = (
-    typer.Exit,
-    typer.Abort,
-    click.exceptions.Exit,
-    click.exceptions.Abort,
-    click.ClickException,
-    SystemExit,
-)
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """Typer's and click's own exits and usage errors (typer >= 0.2x vendors click as ``typer._click``, whose
+    ``NoSuchOption`` is not a ``click.ClickException``): they print their usage message and exit 2 themselves."""
+    found: list[type[BaseException]] = [click.ClickException, click.exceptions.Exit, click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found]
+    except ImportError:
+        return tuple(found)
+    found += [c for n in ("ClickException", "Exit", "Abort") if isinstance(c := getattr(vendored, n, None), type)]
+    return tuple(found)
+
+
+_PASS_THROUGH = (typer.Exit, typer.Abort, SystemExit, *_click_exceptions())
 
 
 class _Group(TyperGroup):
@@ -49,14 +54,7 @@ class _Group(TyperGroup):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (
-            typer.Exit,
-            typer.Abort,
-            click.exceptions.Exit,
-            click.exceptions.Abort,
-            click.ClickException,
-            SystemExit,
-        ):
+        except _PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             typer.secho("interrupted: finished work is kept (a run resumes with --resume)", fg="yellow", err=True)
@@ -97,6 +95,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: typer's rich help shows every flag as taking a value ('--fast <bool>', '--help <bool>')
+    rich_markup_mode=None,
 )
 
 

@@ -16,7 +16,7 @@ from agseg.data.datasets import inspect_dataset, list_layouts
 from agseg.data.errors import DataError
 from agseg.data.synthetic import KINDS, write_dataset
 
-app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, rich_markup_mode=None)
 console = Console()
 log = logging.getLogger(__name__)
 
