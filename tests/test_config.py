@@ -57,3 +57,14 @@ def test_a_relative_data_path_in_a_dict_means_the_working_directory_wherever_the
     # a run saves it in its own folder and reads it back from there: the same folder, not out/run/out/data
     back = load_config(save_config(cfg, tmp_path / "out" / "run" / "config.yaml"))
     assert back.data.path == cfg.data.path and back.data.cache_dir == cfg.data.cache_dir
+
+
+def test_a_data_path_set_on_the_command_line_means_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "cfgs").mkdir()
+    cfg_file = tmp_path / "cfgs" / "c.yaml"
+    cfg_file.write_text("data: {path: ../data/cxr}\nmodel: {name: unet}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(cfg_file).data.path == str((tmp_path / "data" / "cxr").resolve())  # the file's: its folder
+    # --set data.path=other/cxr, typed in tmp_path: was tmp_path/cfgs/other/cxr
+    got = load_config(cfg_file, {"data.path": "other/cxr", "data.cache_dir": "c"}).data
+    assert got.path == str((tmp_path / "other" / "cxr").resolve()) and got.cache_dir == str((tmp_path / "c").resolve())

@@ -714,7 +714,8 @@ def _absolute_paths(data: DataConfig) -> DataConfig:
 
 def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate a YAML config; ``overrides`` are dotted keys (``{"train.epochs": 2}``). Relative
-    ``data.path`` and ``data.cache_dir`` are resolved against the config file's folder.
+    ``data.path`` and ``data.cache_dir`` in the file are resolved against the file's folder, in ``overrides`` (what
+    ``--set`` types) against the working directory.
 
     Raises:
         ConfigError: missing file, bad YAML, or any problem :func:`from_dict` finds (the message names the file).
@@ -732,18 +733,18 @@ def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
         raise ConfigError(f"{path}: a config must be a mapping of sections ({', '.join(_TOP)}), got "
                           f"{type(raw).__name__}")  # fmt: skip
     raw = dict(raw)
-    if overrides:
-        for key in overrides:
-            if key.split(".")[0] not in _TOP:
-                raise ConfigError(f"--set {key}: unknown section {key.split('.')[0]!r}; valid: {', '.join(_TOP)}")
-        raw = _merge(raw, _undot(overrides))
     data = raw.get("data")
-    if isinstance(data, Mapping):
+    if isinstance(data, Mapping):  # the file's own paths: from the file's folder
         data = dict(data)
         for key in ("path", "cache_dir"):
             if isinstance(data.get(key), str) and data[key] and not os.path.isabs(data[key]):
                 data[key] = str((path.parent / data[key]).resolve())
         raw["data"] = data
+    if overrides:  # typed on the command line: from the working directory (from_dict makes them absolute)
+        for key in overrides:
+            if key.split(".")[0] not in _TOP:
+                raise ConfigError(f"--set {key}: unknown section {key.split('.')[0]!r}; valid: {', '.join(_TOP)}")
+        raw = _merge(raw, _undot(overrides))
     try:
         return from_dict(raw)
     except ConfigError as err:
