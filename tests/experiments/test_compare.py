@@ -13,6 +13,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from agseg.cli.compare import compare as compare_cmd
+from agseg.data.errors import DataError
 from agseg.experiments.compare import (
     compare_runs,
     format_p,
@@ -236,5 +237,22 @@ def test_cli_writes_outputs_and_fails_on_missing_dir(runs, tmp_path):
     assert "Kruskal-Wallis" in res.output and "| U | AG |" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["compare.md", "pairwise.csv", "summary.csv"]
     missing = tmp_path / "nope"
-    res = runner.invoke(_app(), [str(a), str(missing), "--out", str(out)])
+    res = runner.invoke(_app(), [str(a), str(missing), "--out", str(tmp_path / "cmp2")])
     assert res.exit_code != 0 and str(missing) in res.output
+
+
+def test_an_earlier_comparison_is_kept_unless_overwrite_and_then_nothing_stale_stays(runs, tmp_path):
+    a, b, *_ = runs
+    write_comparison(compare_runs([a, b]), tmp_path / "out")
+    before = (tmp_path / "out" / "compare.md").read_bytes()
+    only_dice = compare_runs([a, b], metrics=["dice"])
+    # was: written over without a word, the hd95 box plot of the earlier comparison left beside the new tables
+    with pytest.raises(DataError, match="exists already: not overwritten"):
+        write_comparison(only_dice, tmp_path / "out")
+    assert (tmp_path / "out" / "compare.md").read_bytes() == before
+    from agseg.cli import app as agseg_app
+
+    res = CliRunner().invoke(agseg_app, ["compare", str(a), str(b), "-m", "dice", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "--overwrite" in res.output
+    names = sorted(p.name for p in write_comparison(only_dice, tmp_path / "out", overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names  # boxplot_hd95.png is gone

@@ -23,15 +23,24 @@ def compare(
     ),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Folder for the tables and plots."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write one box plot per metric."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison in --out."),
 ) -> None:
     """Compare runs: mean ± std (median) per model, Kruskal-Wallis and paired Wilcoxon p-values, box plots.
 
-    Writes summary.csv, pairwise.csv, compare.md and boxplot_<metric>.png into --out.
+    Writes summary.csv, pairwise.csv, compare.md and boxplot_<metric>.png into --out; an earlier comparison there is
+    never replaced unless --overwrite is given.
     """
+    from agseg.experiments.compare import comparison_outputs
+
+    earlier = comparison_outputs(out)
+    if earlier and not overwrite:  # before any work
+        typer.secho(f"error: {earlier[0]}: exists already: not overwritten (pass --overwrite to replace the "
+                    f"comparison in {out}, or choose another --out)", fg="red", err=True)  # fmt: skip
+        raise typer.Exit(1)
     try:
         loaded = [run for path in runs for run in load_runs(path)]
         comparison = compare_runs(loaded, metrics=metric or None, labels=label or None)
-        written = write_comparison(comparison, out, plots=plots)
+        written = write_comparison(comparison, out, plots=plots, overwrite=overwrite)
     except (FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=1) from None

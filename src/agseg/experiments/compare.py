@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from agseg.data.errors import DataError
 from agseg.experiments.stats import (
     CLASSIFIER_PAIRWISE_COLUMNS,
     PAIRWISE_COLUMNS,
@@ -561,7 +562,21 @@ def classifier_markdown(comparison: Comparison) -> str:
 # --------------------------------------------------------------------------------------------------- output
 
 
-def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], plots: bool = True) -> list[Path]:
+#: the files a comparison writes (and an earlier one may have left)
+COMPARISON_FILES = ("summary.csv", "pairwise.csv", "compare.md", "classifier_summary.csv", "classifier_pairwise.csv")
+
+
+def comparison_outputs(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The files of an earlier comparison in ``out_dir`` (tables, Markdown, box plots)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    return sorted([out / n for n in COMPARISON_FILES if (out / n).is_file()] + list(out.glob("boxplot_*.png")))
+
+
+def write_comparison(
+    comparison: Comparison, out_dir: str | os.PathLike[str], plots: bool = True, overwrite: bool = False
+) -> list[Path]:
     """Write ``summary.csv``, ``pairwise.csv``, ``compare.md`` and ``boxplot_<metric>.png`` into ``out_dir`` (and, for
     classifier runs, ``classifier_summary.csv`` and ``classifier_pairwise.csv``).
 
@@ -572,11 +587,20 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], pl
         out_dir: Output folder (created).
         plots: Also write one box plot per metric (one box per model, undefined values left out and counted in
             the tick label).
+        overwrite: replace an earlier comparison in ``out_dir`` (its files that this one does not write, such as
+            the box plot of a metric no longer compared, are removed); without it such a folder is refused.
 
     Returns:
         The written paths, in that order.
+
+    Raises:
+        DataError: ``out_dir`` holds an earlier comparison and ``overwrite`` is false (before anything is written).
     """
     out = Path(out_dir)
+    earlier = comparison_outputs(out)
+    if earlier and not overwrite:
+        raise DataError(earlier[0], "exists already: not overwritten (pass --overwrite to replace the comparison in "
+                        f"{out}, or choose another --out)")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     written = []
     markdown = to_markdown(comparison)
@@ -601,5 +625,7 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str], pl
             path = out / boxplot_filename(m)
             atomic_write_bytes(path, comparison_boxplot_png(comparison, m))
             written.append(path)
-    logger.info("wrote %d file(s) to %s", len(written), out)
+    for stale in set(earlier) - set(written):  # the earlier comparison's files this one did not replace
+        stale.unlink(missing_ok=True)
+    logger.debug("wrote %d file(s) to %s", len(written), out)
     return written

@@ -89,7 +89,7 @@ def run_demo(out_dir: str | Path = "demo_out", fast: bool = False, seed: int = 0
         log.info("demo: cross-validating %s", key)
         runs[key] = run_cv(from_dict(raw), out / key, splits=out / "splits.json").out_dir
     comparison = compare_runs(list(runs.values()), metrics=["dice", "hd", "hd95", "sensitivity", "specificity"])
-    write_comparison(comparison, out / "compare")
+    write_comparison(comparison, out / "compare", overwrite=True)  # the demo's own, as its report
     figure = _attention_example(out, runs)
     report = _report(out, runs)
     return DemoResult(out, runs, comparison, to_markdown(comparison), time.perf_counter() - t0, figure, report)
