@@ -50,3 +50,13 @@ def test_unknown_model_and_bad_shape_are_clear_errors():
     assert "unknown model 'vnet'" in res.output and "attention_unet" in res.output
     res = runner.invoke(app, ["models", "unet", "--input", "1xbanana"])
     assert res.exit_code == 2 and "input shape" in res.output
+
+
+def test_a_shipped_name_shows_that_model_and_info_with_a_net_name_is_refused():
+    runner = CliRunner()
+    # was: "unknown model 'cxr-lungs'", and `--info NAME` printed seed 001 Table 1 whatever NAME was
+    for args in (["models", "cxr-lungs"], ["models", "--info", "cxr-lungs"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and res.output.startswith("cxr-lungs:") and "hippocampus" not in res.output
+    res = runner.invoke(app, ["models", "--info", "attention_unet"])
+    assert res.exit_code == 2 and "takes no net name" in res.output

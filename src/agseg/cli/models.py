@@ -28,14 +28,22 @@ def models(
     name: str | None = typer.Argument(None, help="A registered model; omit to list them all."),
     input: str | None = typer.Option(None, "--input", "-i", help="Input shape B x C x spatial, e.g. 1x1x160x160x96."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a model argument, e.g. channels=16,32,64."),
-    info: bool = typer.Option(False, "--info", help="Compare our param counts with seed 001 Table 1."),
+    info: bool = typer.Option(
+        False, "--info", help="Compare our param counts with seed 001 Table 1; with a shipped NAME: its provenance."
+    ),
     shipped: bool = typer.Option(False, "--shipped", help="List the trained models shipped with agseg."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the registered models with parameter counts, or show one model's params, FLOPs and output shapes."""
-    if shipped:
-        _list_shipped(as_json)
+    from agseg.inference.pretrained import list_pretrained
+
+    if shipped or (name is not None and name in list_pretrained() and (info or name not in list_models())):
+        _list_shipped(as_json, only=name)  # `agseg models cxr-lungs` and `--info cxr-lungs` mean the shipped one
         return
+    if info and name is not None:
+        typer.secho(f"error: --info prints seed 001 Table 1 and takes no net name ({name!r}); `agseg models {name}` "
+                    "shows one net, `agseg models --shipped` the trained models", fg="red", err=True)  # fmt: skip
+        raise typer.Exit(2)
     if info:
         rows = paper_table1()
         if as_json:
@@ -98,10 +106,10 @@ def models(
             console.print(f"  output (train): {', '.join(map(str, s.train_output_shapes or []))}")
 
 
-def _list_shipped(as_json: bool) -> None:
+def _list_shipped(as_json: bool, only: str | None = None) -> None:
     from agseg.inference.pretrained import list_pretrained, pretrained_info
 
-    rows = [{"name": n, **pretrained_info(n)} for n in list_pretrained()]
+    rows = [{"name": n, **pretrained_info(n)} for n in list_pretrained() if only is None or n == only]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
