@@ -111,3 +111,32 @@ def test_export_and_predict_from_the_command_line(tmp_path):
     res = runner.invoke(app, ["predict", str(img), "--run", str(run), "--engine", "onnxruntime",
                               "--out", str(tmp_path / "x")])  # fmt: skip
     assert res.exit_code != 0 and "agseg export" in res.output
+
+
+def test_a_cv_folder_names_its_folds_instead_of_not_a_run(tmp_path):
+    from agseg.inference.bundle import load_bundle
+
+    for f in (0, 1):
+        (tmp_path / "cv" / f"repeat0_fold{f}" / "model").mkdir(parents=True)
+        (tmp_path / "cv" / f"repeat0_fold{f}" / "model" / "model.json").write_text("{}", encoding="utf-8")
+    # was: "no model.json in cv or cv/model: not an agseg run or model folder" for an agseg CV
+    with pytest.raises(
+        FileNotFoundError, match=r"cross-validation folder.*repeat0_fold0; 2 with a model.*predict --run"
+    ):
+        load_bundle(tmp_path / "cv")
+
+
+def test_an_export_prints_agsegs_lines_only(tmp_path):
+    import subprocess
+    import sys
+
+    run = _bundle_dir(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
+    res = subprocess.run([sys.executable, "-m", "agseg", "export", str(run), "--format", "onnx", "--out",
+                          str(tmp_path / "exp")], capture_output=True, encoding="utf-8", errors="replace")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    text = res.stdout + res.stderr
+    # was about 45 lines: "torchvision is not installed. Skipping torchvision::nms", "[torch.onnx] ...", every
+    # onnx_ir / onnxscript pass at INFO
+    for chatter in ("torchvision", "[torch.onnx]", "onnx_ir", "onnxscript"):
+        assert chatter not in text, text
+    assert "wrote" in text and "max difference" in text

@@ -114,7 +114,11 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     ctx.meta["agseg_debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # agseg's own progress at INFO; other libraries' INFO chatter (exporters, optimisers) only with --verbose
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("agseg").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 app.command("demo")(demo_cli.demo)

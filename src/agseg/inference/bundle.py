@@ -115,6 +115,11 @@ def load_bundle(source: str | Path, device: str | torch.device = "cpu") -> tuple
                 state = load_state_dict_file(folder / BUNDLE_WEIGHTS)
                 break
         else:
+            folds = sorted(d.name for d in src.glob("repeat*_fold*") if (d / "model" / BUNDLE_JSON).is_file())
+            if folds:  # a CV folder: one model per fold
+                raise FileNotFoundError(f"{src}: a cross-validation folder, one model per fold: name a fold "
+                                        f"({src / folds[0]}; {len(folds)} with a model); `agseg predict --run "
+                                        f"{src}` takes the CV itself (the ensemble of its folds)")  # fmt: skip
             raise FileNotFoundError(f"no {BUNDLE_JSON} in {src} or {src / 'model'}: not an agseg run or model folder")
     elif src.is_file():
         ckpt = load_checkpoint(src)

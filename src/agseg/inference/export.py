@@ -14,7 +14,9 @@ PyTorch engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -129,14 +131,29 @@ def export_onnx(
     return out
 
 
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """The exporter's own chatter (about 45 lines per export: 'torchvision is not installed', every graph pass) kept
+    to errors; a failure still raises and is reported as one :class:`ExportError` line."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _export_into(out: Path, net, graph_net, bundle: ModelBundle, level, shape, dynamic, atol: float, ort) -> None:
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         onnx_tmp = Path(tmp) / ONNX_FILE
-        with warnings.catch_warnings(), torch.no_grad():  # no_grad: no autograd-only ops (ops.dense_grad) traced
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.no_grad(), _quiet("torch.onnx", "onnx_ir", "onnxscript"):
+            warnings.simplefilter("ignore")  # no_grad: no autograd-only ops (ops.dense_grad) traced
             torch.onnx.export(
                 graph_net, (torch.zeros(shape),), str(onnx_tmp), input_names=["image"], output_names=["logits"],
-                dynamo=True, dynamic_shapes=dynamic, external_data=False,
+                dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False,
             )  # fmt: skip
         session = ort.InferenceSession(str(onnx_tmp), providers=["CPUExecutionProvider"])
         diffs = {"x".join(map(str, s)): _check(session, graph_net, s, seed) for seed, s in
