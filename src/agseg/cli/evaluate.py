@@ -11,6 +11,7 @@ from rich.table import Table
 
 from agseg.cli._common import parse_axes
 from agseg.data.errors import DataError
+from agseg.metrics import DEFAULT_METRICS
 
 console = Console()
 
@@ -23,7 +24,7 @@ def evaluate(
     ),
     out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="Where metrics.csv and summary.json go."),
     metric: list[str] | None = typer.Option(
-        None, "--metric", "-m", help="Metric to compute (repeatable); default: agseg.metrics.DEFAULT_METRICS."
+        None, "--metric", "-m", help="Metric to compute (repeatable); default: " + ", ".join(DEFAULT_METRICS) + "."
     ),
     labels: str = typer.Option("auto", help="'auto', 'binary', or comma-separated label values, e.g. 1,2."),
     ref_threshold: str = typer.Option(

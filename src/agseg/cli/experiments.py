@@ -166,7 +166,9 @@ def predict(
     model: str | None = typer.Option(None, "--model", help="A model shipped with agseg (see agseg models --shipped)."),
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
     attention: bool = typer.Option(False, "--attention", help="Also write attention maps and an overlay figure."),
-    overlap: float = typer.Option(0.5, help="Sliding-window overlap for inputs larger than the training patch."),
+    overlap: float = typer.Option(
+        0.5, min=0.0, max=0.99, help="Sliding-window overlap for inputs larger than the training patch, 0 to 0.99."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("auto", help="auto (bf16 where it helps; fp16 on CUDA without bf16), bf16, fp16 or off."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist already."),

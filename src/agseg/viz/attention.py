@@ -94,8 +94,8 @@ def plot_attention(
             if m is not None and np.any(m):
                 ax.contour(np.asarray(m) > 0, levels=[0.5], colors=color, linewidths=0.8)
         if r == 0:
-            ax.set_title("image" + (" (ref green, pred red)" if label is not None or prediction is not None else ""),
-                         fontsize=8)  # fmt: skip
+            said = [w for w, m in (("ref green", label), ("pred red", prediction)) if m is not None]
+            ax.set_title("image" + (f" ({', '.join(said)})" if said else ""), fontsize=8)
         for c, (name, slices) in enumerate(columns, start=1):
             ax = axes[r, c]
             ax.imshow(base, cmap="gray")

@@ -139,6 +139,9 @@ def detect_layout(path: str | Path) -> str:
         raise DataError(p, "dataset path not found")
     if is_descriptor(p):
         return "descriptor"
+    if p.is_file() and p.suffix.lower() not in (".csv", ".json"):  # an image: not a dataset
+        raise DataError(p, "is one file, not a dataset: give the dataset's folder, a YAML descriptor or a CSV/JSON "
+                        "case list")  # fmt: skip
     for spec in sorted(_LAYOUTS.values(), key=lambda s: (s.order, s.name)):
         if spec.detect is not None and spec.detect(p):
             return spec.name
