@@ -140,3 +140,11 @@ def test_an_export_prints_agsegs_lines_only(tmp_path):
     for chatter in ("torchvision", "[torch.onnx]", "onnx_ir", "onnxscript"):
         assert chatter not in text, text
     assert "wrote" in text and "max difference" in text
+
+
+def test_onnx_for_a_shipped_model_says_how_to_export_it_by_name():
+    from agseg.inference.export import find_onnx
+    from agseg.inference.pretrained import pretrained_path
+
+    with pytest.raises(FileNotFoundError, match=r"agseg export --model cxr-lungs --format onnx"):
+        find_onnx(pretrained_path("cxr-lungs"))

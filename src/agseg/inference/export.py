@@ -178,8 +178,12 @@ def find_onnx(source: str | Path) -> tuple[Path, ModelBundle]:
             return folder / ONNX_FILE, ModelBundle.from_dict(
                 json.loads((folder / BUNDLE_JSON).read_text(encoding="utf-8"))
             )
+    from agseg.inference.pretrained import list_pretrained, pretrained_path
+
+    shipped = [n for n in list_pretrained() if pretrained_path(n).resolve() == src.resolve()]
+    what = f"--model {shipped[0]}" if shipped else str(src)  # a shipped model: by its name, not the package path
     raise FileNotFoundError(
-        f"no {ONNX_FILE} in {src}: export it first (agseg export {src} --format onnx --out FOLDER) and predict "
+        f"no {ONNX_FILE} in {src}: export it first (agseg export {what} --format onnx --out FOLDER) and predict "
         "with --run FOLDER"
     )
 
