@@ -359,7 +359,7 @@ def write_report(
     written = [atomic_write_text(out, report.html)]
     for p, data in files:
         written.append(atomic_write_bytes(p, data))
-    log.info("wrote %s (%.0f kB) and %d figure file(s)", out, out.stat().st_size / 1024, len(files))
+    log.debug("wrote %s (%.0f kB) and %d figure file(s)", out, out.stat().st_size / 1024, len(files))
     return written
 
 
