@@ -16,8 +16,8 @@ runner = CliRunner()
 
 
 def test_shipped_models_are_present_small_and_documented():
-    assert {"cxr-lungs", "hippocampus"} <= set(list_pretrained())
-    for name in ("cxr-lungs", "hippocampus"):
+    assert {"cxr-lungs", "hippocampus", "nuclei"} <= set(list_pretrained())
+    for name in ("cxr-lungs", "hippocampus", "nuclei"):
         size = (pretrained_path(name) / "model.safetensors").stat().st_size
         assert size <= 10 * 2**20, f"{name}: {size} bytes"
         info = pretrained_info(name)
@@ -37,6 +37,33 @@ def test_cxr_lungs_on_a_512_png(tmp_path):
     ref = mask > 127
     dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
     assert dice > 0.5, f"the shipped lung model finds little of a phantom's lungs (Dice {dice:.2f})"
+
+
+def _nuclei_phantom(h, w, seed):
+    """Bright discs (nuclei) on a dark noisy background, as an RGBA PNG like the DSB 2018 images."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    ref = np.zeros((h, w), bool)
+    for _ in range(25):
+        cy, cx, r = rng.integers(15, h - 15), rng.integers(15, w - 15), rng.integers(6, 12)
+        ref |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    img = np.where(ref, 180, 15) + rng.normal(0, 8, (h, w))
+    rgba = np.stack([img, img, img, np.full((h, w), 255.0)], -1).clip(0, 255).astype(np.uint8)
+    return rgba, ref
+
+
+def test_nuclei_on_an_rgba_png_of_any_size(tmp_path):
+    rgba, ref = _nuclei_phantom(300, 340, 0)  # not a multiple of the 256 training crops: sliding windows
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cells.png")
+    res = runner.invoke(
+        app, ["predict", "--model", "nuclei", str(tmp_path / "cells.png"), "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "o" / "cells.png") as m:
+        pred = np.asarray(m) > 127
+    assert pred.shape == (300, 340)
+    dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    assert dice > 0.7, f"the shipped nuclei model finds little of a phantom's nuclei (Dice {dice:.2f})"
 
 
 def test_shipped_models_predict_whole_folders(tmp_path):
@@ -73,7 +100,10 @@ def test_hippocampus_on_a_nifti_volume(tmp_path):
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name,dataset,case", [("cxr-lungs", "cxr_lungs", 0), ("hippocampus", "msd_hippocampus", 0)])
+@pytest.mark.parametrize(
+    "name,dataset,case",
+    [("cxr-lungs", "cxr_lungs", 0), ("hippocampus", "msd_hippocampus", 0), ("nuclei", "dsb2018_nuclei", 0)],
+)
 def test_shipped_model_on_real_cases(shared_data, name, dataset, case):
     """On cases it was trained on this is a sanity check of the packaging, not a performance claim."""
     from agseg.data import load_dataset
