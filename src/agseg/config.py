@@ -707,7 +707,7 @@ def _absolute_paths(data: DataConfig) -> DataConfig:
     where :func:`load_config` would resolve a relative path against that folder instead: ``demo_out/data`` became
     ``demo_out/unet/demo_out/data``. An absolute path means the same thing wherever the config is read.
     """
-    changes = {k: str(Path(v).resolve()) for k in ("path", "cache_dir")
+    changes = {k: str(Path(os.path.expanduser(v)).resolve()) for k in ("path", "cache_dir")
                if isinstance(v := getattr(data, k), str) and v and not os.path.isabs(v)}  # fmt: skip
     return dataclasses.replace(data, **changes) if changes else data
 

@@ -14,7 +14,7 @@ from agseg.config import EvalConfig, from_dict
 from agseg.data import load_dataset, write_dataset
 from agseg.data.errors import DataError
 from agseg.data.io import Geometry, mask_path_for, read_mask, write_mask
-from agseg.experiments.evaluate import evaluate_folders, evaluate_run
+from agseg.experiments.evaluate import evaluate_folders, evaluate_run, unpaired
 from agseg.experiments.run import run_cv
 from agseg.metrics import DEFAULT_METRICS, dice, evaluate_case, get_metric, hd95, list_metrics, read_csv
 
@@ -171,8 +171,10 @@ def test_anti_aliased_references_are_binarised_by_default_and_side_outputs_are_n
         for side in ("prob", "attention", "att_level1"):  # what `agseg predict --probs --attention` adds
             _write_png(tmp_path / "pred" / f"c{i}_{side}.png", np.full((48, 48), 200, np.uint8))
     res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, metrics=["dice"])
-    # was: every grey level a class (dice_36, dice_73, ... and a mean near 0), and the maps scored as predictions
+    # was: every grey level a class (dice_36, dice_73, ... and a mean near 0), and the maps predictions without a
+    # reference (a warning each)
     assert [r["case_id"] for r in res.rows] == ["c0", "c1", "c2"] and set(res.rows[0]) == {"case_id", "dice"}
+    assert unpaired(tmp_path / "pred", tmp_path / "ref") == ([], [])
     for i, r in enumerate(res.rows):
         assert r["dice"] == pytest.approx(dice(_disc((48, 48), (25, 23), 9), refs[i] > 127))
     # asked for: the values are labels; then too many of them is refused, naming the folder
@@ -194,3 +196,25 @@ def test_evaluate_cli_counts_missing_apart_in_one_warning(tmp_path, caplog):
     assert len(warned) == 1 and warned[0].startswith("4 of 5 references have no prediction"), warned
     row = next(line for line in res.output.splitlines() if line.strip("│ ").startswith("dice"))
     assert [c.strip() for c in row.strip("│").split("│")][4:] == ["5", "4", "0"]  # n, missing, undefined
+
+
+def test_auto_thresholding_keeps_label_maps_and_named_classes(tmp_path):
+    g = Geometry.identity((40, 40), format="png")
+    disc = _disc((40, 40), (20, 20), 9)
+    # a 0/255 binary mask scored with the class named: 255 in both (was Dice 0: the reference became 0/1)
+    _write_png(tmp_path / "ref" / "b.png", np.where(disc, 255, 0).astype(np.uint8))
+    _write_png(tmp_path / "pred" / "b.png", np.where(disc, 255, 0).astype(np.uint8))  # as predict writes them
+    named = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, metrics=["dice"], labels=[255])
+    assert named.rows[0]["dice_255"] == pytest.approx(1.0)
+    # an 8-bit label map that uses 255 as one class beside a large 128 region stays a label map
+    lab = np.zeros((40, 40), np.uint8)
+    lab[:, :20], lab[disc] = 128, 255
+    _write_png(tmp_path / "ref2" / "b.png", lab)
+    _write_png(tmp_path / "pred2" / "b.png", lab)
+    kept = evaluate_folders(tmp_path / "pred2", tmp_path / "ref2", None, metrics=["dice"])
+    assert kept.rows[0]["dice_128"] == pytest.approx(1.0) and kept.rows[0]["dice_255"] == pytest.approx(1.0)
+    # a reference whose own name looks like a side output is still a case
+    _write_png(tmp_path / "ref" / "b_prob.png", np.where(disc, 255, 0).astype(np.uint8))
+    write_mask(tmp_path / "pred" / "b_prob.png", disc, g)
+    both = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, metrics=["dice"])
+    assert [r["case_id"] for r in both.rows] == ["b", "b_prob"] and not both.missing

@@ -130,19 +130,21 @@ class Evaluation:
 
 
 #: what ``agseg predict`` writes beside a mask ``<name>``: probability and attention maps, figures
-_SIDE_OUTPUT = re.compile(r"^(?P<base>.+)_(?:prob(?:_[^_]+)?|attention|att_[^_]+|boxes)$")
+_SIDE_OUTPUT = re.compile(r"^(?P<base>.+)_(?:prob(?:_.+)?|attention|att_.+|boxes)$")
 
 
-def _prediction_files(pred_dir: Path, pred_suffix: str) -> dict[str, Path]:
+def _prediction_files(pred_dir: Path, pred_suffix: str, refs: Iterable[str] = ()) -> dict[str, Path]:
     """``{case name: prediction file}``, leaving out ``agseg predict``'s side outputs (``x_prob.png``,
-    ``x_attention.png``, ``x_att_level1.png``, ``x_boxes.png`` beside ``x.png``): they are not masks to score."""
+    ``x_attention.png``, ``x_att_level1.png``, ``x_boxes.png`` beside ``x.png``): they are not masks to score. A
+    name that is also a reference's (``refs``) is always a prediction."""
     preds: dict[str, Path] = {}
     for p in data_files(pred_dir):
         stem = split_ext(p)[0]
         if pred_suffix and stem.endswith(pred_suffix):
             stem = stem[: -len(pred_suffix)]
         preds[stem] = p
-    side = {n for n in preds if (m := _SIDE_OUTPUT.match(n)) and m["base"] in preds}
+    keep = set(refs)
+    side = {n for n in preds if n not in keep and (m := _SIDE_OUTPUT.match(n)) and m["base"] in preds}
     return {n: p for n, p in preds.items() if n not in side}
 
 
@@ -160,7 +162,7 @@ def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "")
         if not d.is_dir():
             raise DataError(d, "folder not found")
     refs = {split_ext(p)[0]: p for p in data_files(ref_dir)}
-    preds = _prediction_files(pred_dir, pred_suffix)
+    preds = _prediction_files(pred_dir, pred_suffix, refs)
     common = sorted(set(refs) & set(preds))
     if not common:
         raise DataError(pred_dir, f"no prediction file matches a reference in {ref_dir} by name")
@@ -170,7 +172,7 @@ def pair_masks(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "")
 def unpaired(pred_dir: str | Path, ref_dir: str | Path, pred_suffix: str = "") -> tuple[list[Path], list[Path]]:
     """``(references without a prediction, predictions without a reference)``, matched as :func:`pair_masks`."""
     refs = {split_ext(p)[0]: p for p in data_files(ref_dir)}
-    preds = _prediction_files(Path(pred_dir), pred_suffix)
+    preds = _prediction_files(Path(pred_dir), pred_suffix, refs)
     return [refs[n] for n in sorted(set(refs) - set(preds))], [preds[n] for n in sorted(set(preds) - set(refs))]
 
 
@@ -181,6 +183,18 @@ def _few(paths: Sequence[Path], k: int = 3) -> str:
 
 #: more foreground values than this in references read as labels: not a label map (anti-aliased or continuous)
 MAX_AUTO_LABELS = 32
+#: an 8-bit mask is anti-aliased when its values between 0 and 255 cover at most this share of its non-zero pixels
+EDGE_FRACTION = 0.2
+
+
+def _binary_or_antialiased(ref: np.ndarray) -> bool:
+    """An 8-bit mask of one class drawn with 255 (binary PNG, or anti-aliased: a thin band of grey at the edges), not
+    a label map that uses 255 as one of its values ({0, 128, 255} with large 128 regions stays a label map)."""
+    if ref.dtype != np.uint8 or not ref.size or int(ref.max()) != 255:
+        return False
+    nonzero = int(np.count_nonzero(ref))
+    grey = nonzero - int(np.count_nonzero(ref == 255))
+    return grey <= EDGE_FRACTION * nonzero
 
 
 def evaluate_folders(
@@ -202,9 +216,11 @@ def evaluate_folders(
         metrics: metric names (``agseg.metrics.list_metrics()``); default :data:`agseg.metrics.DEFAULT_METRICS`.
         labels: ``"auto"`` (binary when the references hold one foreground value, else every non-zero value),
             ``None`` (binary, non-zero is foreground), or an explicit list.
-        ref_threshold: binarise references as ``value > ref_threshold``; ``"auto"`` (the datasets' rule): an 8-bit
-            reference whose maximum is 255 (a binary or anti-aliased PNG) is read as ``value > 127``, any other is
-            kept as labels; ``None``: values are labels.
+        ref_threshold: binarise references as ``value > ref_threshold``; ``"auto"``: with ``labels`` ``"auto"`` or
+            ``None``, an 8-bit reference whose maximum is 255 and whose other non-zero values are edges (binary 0/255,
+            or anti-aliased: at most :data:`EDGE_FRACTION` of its non-zero pixels) is read as ``value > 127``;
+            anything else, and every reference when ``labels`` names the classes, is kept as labels. ``None``:
+            values are labels.
         pred_suffix: suffix of prediction names to ignore when pairing.
 
     Returns:
@@ -229,7 +245,7 @@ def evaluate_folders(
     for case_id, pp, rp in pairs:
         ref, geom = read_mask(rp)
         if ref_threshold == "auto":
-            if ref.dtype == np.uint8 and ref.size and int(ref.max()) == 255:
+            if (labels == "auto" or labels is None) and _binary_or_antialiased(ref):
                 ref = (ref > 127).astype(np.uint8)
                 auto_thresholded.append(rp)
         elif ref_threshold is not None:

@@ -135,6 +135,9 @@ def export_onnx(
 def _quiet(*names: str):
     """The exporter's own chatter (about 45 lines per export: 'torchvision is not installed', every graph pass) kept
     to errors; a failure still raises and is reported as one :class:`ExportError` line."""
+    if logging.getLogger("agseg").isEnabledFor(logging.DEBUG):  # --verbose: everything
+        yield
+        return
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

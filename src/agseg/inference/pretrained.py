@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,16 @@ def pretrained_info(name: str) -> dict[str, Any]:
     return json.loads((pretrained_path(name) / "model.json").read_text(encoding="utf-8")).get("info", {})
 
 
+def _without_machine_paths(info: dict[str, Any]) -> dict[str, Any]:
+    """A shipped model names its dataset folder (``dsb2018_nuclei``), not where it lay on the machine that trained
+    it (``/work/shared/data/dsb2018_nuclei``)."""
+    out = dict(info)
+    for key in ("data", "labels_source"):
+        if isinstance(out.get(key), str):
+            out[key] = re.sub(r"(?:[A-Za-z]:)?[\\/][^\s'\"]*[\\/]([^\\/\s'\"]+)", r"\1", out[key])
+    return out
+
+
 def ship_model(run_dir: str | Path, name: str, info: dict[str, Any], dest: str | Path | None = None) -> Path:
     """Copy a run's model bundle to ``dest/name`` (default: the package's assets) with ``info`` merged in.
 
@@ -65,7 +76,7 @@ def ship_model(run_dir: str | Path, name: str, info: dict[str, Any], dest: str |
     out = Path(dest or _ASSETS) / name
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((src / "model.json").read_text(encoding="utf-8"))
-    meta["info"] = {**meta.get("info", {}), **info, "name": name}
+    meta["info"] = _without_machine_paths({**meta.get("info", {}), **info, "name": name})
     shutil.copyfile(src / "model.safetensors", out / "model.safetensors")
     from agseg.fileio import atomic_write_text
 

@@ -139,14 +139,12 @@ def detect_layout(path: str | Path) -> str:
         raise DataError(p, "dataset path not found")
     if is_descriptor(p):
         return "descriptor"
-    if p.is_file() and p.suffix.lower() not in (".csv", ".json"):  # an image: not a dataset
-        raise DataError(p, "is one file, not a dataset: give the dataset's folder, a YAML descriptor or a CSV/JSON "
-                        "case list")  # fmt: skip
     for spec in sorted(_LAYOUTS.values(), key=lambda s: (s.order, s.name)):
         if spec.detect is not None and spec.detect(p):
             return spec.name
-    if p.is_file():
-        raise DataError(p, "expected a folder, a .yaml descriptor or a .csv/.json case list")
+    if p.is_file():  # no layout takes this file (e.g. one image)
+        raise DataError(p, "is one file, not a dataset: give the dataset's folder, a .yaml descriptor or a .csv/.json "
+                        "case list")  # fmt: skip
     raise DataError(
         p,
         "could not recognise the dataset layout (image+mask folders, dataset.json, LUNA16, DSB 2018, case folders); "
