@@ -365,6 +365,7 @@ def test_predict_multi_channel_cases(tmp_path):
 # ------------------------------------------------------------------------------------------------ bare tracebacks
 TRACE = "one line, not a traceback"
 
+
 CONFIG_MISTAKES = [
     ("train: {epochs: ten}", ["train.epochs", "integer"]),
     ("train: {epochs: 1.7}", ["train.epochs", "integer"]),
@@ -525,3 +526,40 @@ def test_an_rgb_image_among_grey_ones_is_named_before_any_work(tmp_path):
     res = agseg_cli("train", cfg, "--out", tmp_path / "run", category=GARBAGE, case="an RGB image among grey ones")
     one_error_line(res, "c1.png", "3 channel(s)", "1")
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_reads_anti_aliased_references_as_one_class(tmp_path):
+    yy, xx = np.mgrid[:40, :40]
+    d = np.sqrt((yy - 20) ** 2 + (xx - 20) ** 2)
+    ref = (np.clip(9.5 - d, 0, 1) * 255).round().astype(np.uint8)  # grey edges, as the cxr_lungs masks
+    for name in ("a", "b"):
+        (tmp_path / "ref").mkdir(exist_ok=True)
+        (tmp_path / "pred").mkdir(exist_ok=True)
+        Image.fromarray(ref).save(tmp_path / "ref" / f"{name}.png")
+        Image.fromarray(np.where(ref > 127, 255, 0).astype(np.uint8)).save(tmp_path / "pred" / f"{name}.png")
+    res = agseg_cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "ev",
+                    "-m", "dice", category=GARBAGE, case="evaluate against anti-aliased 8-bit references")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
+    assert set(summary["metrics"]) == {"dice"} and summary["metrics"]["dice"]["mean"] == 1.0  # was dice_36..dice_255
+
+
+def test_compare_keeps_an_earlier_comparison(tmp_path):
+    for name in ("a", "b"):
+        rows = "case_id,dice\n" + "".join(f"c{i},{0.8 + 0.01 * i + (0.02 if name == 'b' else 0)}\n" for i in range(6))
+        (tmp_path / f"{name}.csv").write_text(rows, encoding="utf-8")
+    first = agseg_cli("compare", tmp_path / "a.csv", tmp_path / "b.csv", "--out", tmp_path / "cmp", "--no-plots",
+                      category=DATA_LOSS, case="compare into a new folder")  # fmt: skip
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "cmp" / "compare.md").read_bytes()
+    res = agseg_cli("compare", tmp_path / "a.csv", tmp_path / "b.csv", "--out", tmp_path / "cmp",
+                    category=DATA_LOSS, case="compare into a folder holding a comparison")  # fmt: skip
+    one_error_line(res, "compare.md", "exists", "--overwrite")
+    assert (tmp_path / "cmp" / "compare.md").read_bytes() == before
+
+
+def test_a_mistyped_option_gets_the_usage_message(tmp_path):
+    res = agseg_cli("predict", tmp_path / "x.png", "--model", "cxr-lungs", "--outt", tmp_path / "o", category=TRACE,
+                    case="a mistyped option (--outt)")  # fmt: skip
+    assert res.exit_code == 2 and "--outt" in res.output and "Traceback" not in res.output
+    assert "--debug" not in res.output  # was exit 1, "NoSuchOption; run with --debug for the traceback"

@@ -183,18 +183,28 @@ def _few(paths: Sequence[Path], k: int = 3) -> str:
 
 #: more foreground values than this in references read as labels: not a label map (anti-aliased or continuous)
 MAX_AUTO_LABELS = 32
-#: an 8-bit mask is anti-aliased when its values between 0 and 255 cover at most this share of its non-zero pixels
-EDGE_FRACTION = 0.2
+#: an 8-bit mask is anti-aliased when at least this share of its grey (1..254) pixels touch a 0 or 255 pixel
+EDGE_FRACTION = 0.9
 
 
 def _binary_or_antialiased(ref: np.ndarray) -> bool:
-    """An 8-bit mask of one class drawn with 255 (binary PNG, or anti-aliased: a thin band of grey at the edges), not
-    a label map that uses 255 as one of its values ({0, 128, 255} with large 128 regions stays a label map)."""
+    """An 8-bit mask of one class drawn with 255: binary, or anti-aliased (its grey values form a thin band at the
+    edges, so nearly every grey pixel touches a 0 or 255 one). A label map that uses 255 as one value beside a region
+    of another ({0, 128, 255}) has grey pixels inside that region, and stays a label map."""
     if ref.dtype != np.uint8 or not ref.size or int(ref.max()) != 255:
         return False
-    nonzero = int(np.count_nonzero(ref))
-    grey = nonzero - int(np.count_nonzero(ref == 255))
-    return grey <= EDGE_FRACTION * nonzero
+    grey = (ref > 0) & (ref < 255)
+    n_grey = int(grey.sum())
+    if n_grey == 0:
+        return True
+    other = np.pad(~grey, 1, mode="edge")  # 0 or 255
+    touch = np.zeros_like(grey)
+    for ax in range(ref.ndim):  # the 2 * ndim face neighbours
+        for step in (-1, 1):
+            window = [slice(1, -1)] * ref.ndim
+            window[ax] = slice(1 + step, other.shape[ax] - 1 + step)
+            touch |= other[tuple(window)]
+    return int((touch & grey).sum()) >= EDGE_FRACTION * n_grey
 
 
 def evaluate_folders(
@@ -218,7 +228,7 @@ def evaluate_folders(
             ``None`` (binary, non-zero is foreground), or an explicit list.
         ref_threshold: binarise references as ``value > ref_threshold``; ``"auto"``: with ``labels`` ``"auto"`` or
             ``None``, an 8-bit reference whose maximum is 255 and whose other non-zero values are edges (binary 0/255,
-            or anti-aliased: at most :data:`EDGE_FRACTION` of its non-zero pixels) is read as ``value > 127``;
+            or anti-aliased: a band of grey at the edges, see :data:`EDGE_FRACTION`) is read as ``value > 127``;
             anything else, and every reference when ``labels`` names the classes, is kept as labels. ``None``:
             values are labels.
         pred_suffix: suffix of prediction names to ignore when pairing.
