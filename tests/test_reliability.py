@@ -548,8 +548,9 @@ def test_compare_keeps_an_earlier_comparison(tmp_path):
     for name in ("a", "b"):
         rows = "case_id,dice\n" + "".join(f"c{i},{0.8 + 0.01 * i + (0.02 if name == 'b' else 0)}\n" for i in range(6))
         (tmp_path / f"{name}.csv").write_text(rows, encoding="utf-8")
-    first = agseg_cli("compare", tmp_path / "a.csv", tmp_path / "b.csv", "--out", tmp_path / "cmp", "--no-plots",
-                      category=DATA_LOSS, case="compare into a new folder")  # fmt: skip
+    first = runner.invoke(
+        app, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "cmp"), "--no-plots"]
+    )
     assert first.exit_code == 0, first.output
     before = (tmp_path / "cmp" / "compare.md").read_bytes()
     res = agseg_cli("compare", tmp_path / "a.csv", tmp_path / "b.csv", "--out", tmp_path / "cmp",
