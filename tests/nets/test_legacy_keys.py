@@ -96,10 +96,15 @@ def test_old_layout_with_a_wrong_tensor_still_fails_strictly():
 def test_shipped_models_load_strictly(bundle: str):
     meta = json.loads((SHIPPED / bundle / "model.json").read_text(encoding="utf-8"))
     state = load_file(SHIPPED / bundle / "model.safetensors")
-    model = agseg.create_model(meta["model_name"], **meta["model_kwargs"])
-    # saved when interpolation + conv was the U-Net decoder's default: rebuilt as trained (what load_bundle does)
-    kwargs = legacy_model_kwargs(model, meta["model_name"], meta["model_kwargs"], state)
-    assert kwargs == {**meta["model_kwargs"], "up_mode": "interp"}
+    # trained when interpolation + conv was the U-Net decoder's default; the shipped description now names it
+    assert meta["model_kwargs"]["up_mode"] == "interp"
+    assert legacy_model_kwargs(agseg.create_model(meta["model_name"], **meta["model_kwargs"]), meta["model_name"],
+                               meta["model_kwargs"], state) is None  # fmt: skip
+    # as first shipped (no up_mode): rebuilt as trained from the weights alone (what load_bundle does)
+    old = {k: v for k, v in meta["model_kwargs"].items() if k != "up_mode"}
+    model = agseg.create_model(meta["model_name"], **old)
+    kwargs = legacy_model_kwargs(model, meta["model_name"], old, state)
+    assert kwargs == {**old, "up_mode": "interp"}
     with pytest.raises(RuntimeError):
         model.load_state_dict(state, strict=True)
     model = agseg.create_model(meta["model_name"], **kwargs)
