@@ -3,8 +3,8 @@
 A user choosing a framework trains the model it offers for the time they have. This script gives both the same
 training budget on the same split of ``../shared/data/cxr_lungs`` (seeded, patient-grouped; the test images
 choose nothing: last epoch, fixed 0.5 threshold, no post-processing), the same preprocessing (256x256, min-max),
-augmentation, loss (Dice + CE), optimiser (Adam 1e-3, poly schedule over the epochs the budget is expected to
-allow) and batch size, and reports the Dice and HD95 of both on the test images at their original 512x512 grid.
+augmentation, loss (Dice + CE), optimiser (Adam 1e-3 at a constant rate: the budget, not an epoch count, ends
+training) and batch size, and reports the Dice and HD95 of both on the test images at their original 512x512 grid.
 
 Peers: agseg ``attention_unet`` (multi-gating, widths 16-256) with its defaults (bf16 autocast + channels_last on
 CPUs with AMX/AVX-512 bf16), and MONAI ``AttentionUnet`` (widths 16-256, strides 2) as MONAI users run it (fp32);
