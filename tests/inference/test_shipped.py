@@ -24,18 +24,24 @@ def test_shipped_models_are_present_small_and_documented():
         assert info["trained_on"] and info["licence"] and info["cv_performance"]
 
 
+def _predict_png(model, image, out):
+    """``agseg predict --model MODEL IMAGE --out OUT``; the written mask as booleans."""
+    res = runner.invoke(app, ["predict", "--model", model, str(image), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with Image.open(out / image.name) as m:
+        return np.asarray(m) > 127
+
+
+def _dice(pred, ref):
+    return 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
+
+
 def test_cxr_lungs_on_a_512_png(tmp_path):
     image, mask = chest_phantom(512, rng=3)
     Image.fromarray(image).save(tmp_path / "xray.png")
-    res = runner.invoke(
-        app, ["predict", "--model", "cxr-lungs", str(tmp_path / "xray.png"), "--out", str(tmp_path / "o")]
-    )
-    assert res.exit_code == 0, res.output
-    with Image.open(tmp_path / "o" / "xray.png") as m:
-        pred = np.asarray(m) > 127
+    pred = _predict_png("cxr-lungs", tmp_path / "xray.png", tmp_path / "o")
     assert pred.shape == (512, 512)
-    ref = mask > 127
-    dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    dice = _dice(pred, mask > 127)
     assert dice > 0.5, f"the shipped lung model finds little of a phantom's lungs (Dice {dice:.2f})"
 
 
@@ -55,14 +61,9 @@ def _nuclei_phantom(h, w, seed):
 def test_nuclei_on_an_rgba_png_of_any_size(tmp_path):
     rgba, ref = _nuclei_phantom(300, 340, 0)  # not a multiple of the 256 training crops: sliding windows
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cells.png")
-    res = runner.invoke(
-        app, ["predict", "--model", "nuclei", str(tmp_path / "cells.png"), "--out", str(tmp_path / "o")]
-    )
-    assert res.exit_code == 0, res.output
-    with Image.open(tmp_path / "o" / "cells.png") as m:
-        pred = np.asarray(m) > 127
+    pred = _predict_png("nuclei", tmp_path / "cells.png", tmp_path / "o")
     assert pred.shape == (300, 340)
-    dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    dice = _dice(pred, ref)
     assert dice > 0.7, f"the shipped nuclei model finds little of a phantom's nuclei (Dice {dice:.2f})"
 
 
