@@ -3,15 +3,17 @@
 A user choosing a framework trains the model it offers for the time they have. This script gives both the same
 training budget on the same split of ``../shared/data/cxr_lungs`` (seeded, patient-grouped; the test images
 choose nothing: last epoch, fixed 0.5 threshold, no post-processing), the same preprocessing (256x256, min-max),
-augmentation, loss (Dice + CE), optimiser (Adam 1e-3 at a constant rate: the budget, not an epoch count, ends
-training) and batch size, and reports the Dice and HD95 of both on the test images at their original 512x512 grid.
+augmentation, loss (Dice + CE), optimiser (Adam 1e-3; the budget, not an epoch count, ends training, and with
+``--anneal poly`` (the default) the rate decays with the share of the budget spent, ``--anneal none`` keeps it
+constant) and batch size, and reports the Dice and HD95 of both on the test images at their original 512x512 grid.
 
 Peers: agseg ``attention_unet`` (multi-gating, widths 16-256) with its defaults (bf16 autocast + channels_last on
 CPUs with AMX/AVX-512 bf16), and MONAI ``AttentionUnet`` (widths 16-256, strides 2) as MONAI users run it (fp32);
 ``--monai-bf16`` gives MONAI the same bf16 + channels_last too. Each model trains alone (one after the other, the
 order alternating with ``--seed``), on ``--threads`` threads.
 
-    python benchmarks/accuracy_vs_monai.py [--minutes 15] [--threads 1] [--monai-bf16] [--out FILE.json]
+    python benchmarks/accuracy_vs_monai.py [--minutes 15] [--threads 1] [--anneal poly|cosine|none] [--monai-bf16]
+        [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class MonaiNet(torch.nn.Module):
         return self.net(x)
 
 
-def run(name: str, model: torch.nn.Module, amp: str, cfg, train, test, pre, budget: float) -> dict:
+def run(name: str, model: torch.nn.Module, amp: str, cfg, train, test, pre, budget: float, anneal: str | None) -> dict:
     from agseg.data.torch_dataset import SegmentationDataset
     from agseg.experiments.run import evaluate_cases
     from agseg.inference.bundle import ModelBundle
@@ -60,7 +62,7 @@ def run(name: str, model: torch.nn.Module, amp: str, cfg, train, test, pre, budg
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     trainer = Trainer(model, create_loss("dice_ce"), ds, None, tcfg, None, seed=cfg.seed,
-                      callbacks=[ProgressPrinter(), TimeBudget(budget)])  # fmt: skip
+                      callbacks=[ProgressPrinter(), TimeBudget(budget, anneal)])  # fmt: skip
     res = trainer.fit()
     seconds = time.perf_counter() - t0
     bundle = ModelBundle("unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1}, pre.to_dict())
@@ -88,6 +90,12 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--anneal",
+        choices=["poly", "cosine", "none"],
+        default="poly",
+        help="learning-rate decay over the budget (the same for both)",
+    )
     ap.add_argument("--monai-bf16", action="store_true", help="also run MONAI with bf16 autocast + channels_last")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy_vs_monai.json")
     args = ap.parse_args()
@@ -131,7 +139,8 @@ def main() -> None:
     results = []
     for name, amp, make in runs:
         print(f"== {name}: {args.minutes:g} min on {len(train)} images")
-        results.append(run(name, make(), amp, cfg, train, test, pre, budget))
+        anneal = None if args.anneal == "none" else args.anneal
+        results.append(run(name, make(), amp, cfg, train, test, pre, budget, anneal))
     ours, monai = (
         results[0] if "agseg" in results[0]["model"] else results[1],
         next(r for r in results if r["model"].startswith("MONAI AttentionUnet (fp32)")),
@@ -147,7 +156,8 @@ def main() -> None:
     print(f"\nagseg - MONAI: {gap:+.2f} Dice points (paired Wilcoxon p = {p:.3g}, {len(a)} test images)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "minutes": args.minutes,
-            "seed": args.seed, "n_train": len(train), "n_test": len(test), "torch": torch.__version__}  # fmt: skip
+            "seed": args.seed, "anneal": args.anneal,
+            "n_train": len(train), "n_test": len(test), "torch": torch.__version__}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "results": results, "dice_gap_points": gap, "wilcoxon_p": p},
                                    indent=1) + "\n", encoding="utf-8")  # fmt: skip
     print(f"wrote {args.out}")

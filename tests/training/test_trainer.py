@@ -307,6 +307,58 @@ def test_a_time_budget_stops_mid_epoch(tmp_path):
     assert steps == [(1, 1)] and res.epochs_run == 1 and res.stopped_early
 
 
+def test_decay_factor_by_hand():
+    from agseg.training.trainer import decay_factor
+
+    assert decay_factor("cosine", 0.0) == 1.0 and decay_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert decay_factor("cosine", 1.0) == pytest.approx(0.0) and decay_factor("cosine", 2.0) == pytest.approx(0.0)
+    assert decay_factor("poly", 0.5) == pytest.approx(0.5**0.9) and decay_factor("poly", 1.5) == 0.0
+    assert decay_factor("constant", 0.7) == 1.0
+
+
+def test_a_time_budget_anneals_the_rate_by_the_share_of_time_spent(monkeypatch):
+    """TimeBudget(anneal="poly"): the rate is the epoch schedule's times (1 - spent / budget) ** 0.9, set at every
+    epoch start (after the epoch scheduler reset it) and after every step; at the budget, training stops."""
+    import time
+    from types import SimpleNamespace
+
+    from agseg.training.callbacks import TimeBudget
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    tr = SimpleNamespace(optimizer=opt, scheduler=sched, stop_training=False)
+    cb = TimeBudget(10.0, anneal="poly")
+    cb.on_fit_start(tr)
+    clock[0] = 102.5
+    cb.on_step_end(tr, 1, 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.75**0.9) and not tr.stop_training
+    opt.step()
+    sched.step()  # the epoch scheduler puts the base rate back ...
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    clock[0] = 105.0
+    cb.on_epoch_start(tr, 2)  # ... and the budget's decay applies again before the next epoch's first step
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**0.9)
+    clock[0] = 110.0
+    cb.on_step_end(tr, 2, 1)
+    assert tr.stop_training
+    with pytest.raises(ValueError, match="anneal"):
+        TimeBudget(1.0, anneal="linear")
+
+
+def test_an_annealed_time_budget_lowers_the_rate_during_a_real_fit(tmp_path):
+    from agseg.training.callbacks import TimeBudget
+
+    lrs = []
+    tr = make_trainer(tmp_path, epochs=2, schedule="constant")
+    record = OnStep(lambda e, s: lrs.append(tr.optimizer.param_groups[0]["lr"]))
+    tr.callbacks += [TimeBudget(3600.0, anneal="cosine"), record]
+    tr.fit()
+    assert len(lrs) >= 4 and all(0 < lr < 1e-2 for lr in lrs)  # decayed from the base 1e-2 ...
+    assert lrs == sorted(lrs, reverse=True)  # ... and only downwards, across the epoch boundary too
+
+
 def test_fp16_autocast_scales_the_loss_and_resumes_with_the_scaler(tmp_path):
     """amp="fp16" (CUDA without bf16; it runs on the CPU too): a GradScaler scales the loss, its state is in last.pt,
     and a resumed run continues with it. bf16 / fp32 runs have no scaler state."""

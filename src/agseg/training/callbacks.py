@@ -184,12 +184,18 @@ class EarlyStopping(Callback):
 
 class TimeBudget(Callback):
     """Stop training once ``seconds`` of wall-clock time have passed since the fit started (checked after every
-    optimiser step; the epoch in progress ends there). For same-budget comparisons between models."""
+    optimiser step; the epoch in progress ends there). For same-budget comparisons between models.
+
+    ``anneal="poly"`` or ``"cosine"``: the learning rate also decays with the share of the budget spent (on top of
+    the epoch schedule; use ``schedule: constant`` there), as a schedule over epochs would if the number of epochs
+    that fit were known in advance: a budget-bound run still ends at a small learning rate."""
 
     main_process_only = False
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = float(seconds)
+    def __init__(self, seconds: float, anneal: str | None = None) -> None:
+        if anneal not in (None, "poly", "cosine"):
+            raise ValueError(f"anneal must be None, 'poly' or 'cosine', not {anneal!r}")
+        self.seconds, self.anneal = float(seconds), anneal
         self.t0 = 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -197,11 +203,27 @@ class TimeBudget(Callback):
 
         self.t0 = time.perf_counter()
 
+    def _set_lr(self, trainer: Trainer, spent: float) -> None:
+        from agseg.training.trainer import decay_factor
+
+        f = decay_factor(self.anneal, spent / self.seconds) if self.seconds > 0 else 0.0
+        for group, lr in zip(trainer.optimizer.param_groups, trainer.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr * f
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        import time
+
+        if self.anneal:  # the epoch scheduler has just reset the rate: decay it from the start of the epoch
+            self._set_lr(trainer, time.perf_counter() - self.t0)
+
     def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
         import time
 
-        if time.perf_counter() - self.t0 >= self.seconds:
+        spent = time.perf_counter() - self.t0
+        if spent >= self.seconds:
             trainer.stop_training = True
+        elif self.anneal:
+            self._set_lr(trainer, spent)
 
 
 class AttentionSnapshots(Callback):

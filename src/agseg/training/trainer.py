@@ -50,6 +50,7 @@ __all__ = [
     "Trainer",
     "build_optimizer",
     "build_scheduler",
+    "decay_factor",
     "default_loader",
     "quick_dice",
 ]
@@ -71,6 +72,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
+def decay_factor(schedule: str, t: float) -> float:
+    """The learning-rate factor of a ``cosine`` or ``poly`` (exponent 0.9, nnU-Net's) decay at progress ``t`` in
+    [0, 1] (clipped); 1 for anything else (``constant``)."""
+    t = min(1.0, max(0.0, t))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "poly":
+        return (1 - t) ** 0.9
+    return 1.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-epoch learning-rate factor: a linear or constant warm-up, then constant, cosine, step or poly decay."""
     if cfg.schedule not in SCHEDULES:
@@ -80,14 +92,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     def factor(epoch: int) -> float:
         if epoch < warm:
             return cfg.warmup_factor if cfg.warmup_mode == "constant" else (epoch + 1) / (warm + 1)
-        t = (epoch - warm) / max(1, total - warm)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-        if cfg.schedule == "poly":
-            return max(0.0, 1 - t) ** 0.9
         if cfg.schedule == "step":
             return cfg.gamma ** ((epoch - warm) // max(1, cfg.step_size))
-        return 1.0
+        return decay_factor(cfg.schedule, (epoch - warm) / max(1, total - warm))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
