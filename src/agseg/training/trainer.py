@@ -356,7 +356,8 @@ class Trainer:
                            num_workers=self.num_workers if shuffle else 0)  # fmt: skip
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training data (``epoch`` counts from 0); returns the epoch's mean loss and metric."""
+        """One pass over the training data (``epoch`` counts from 0); returns its learning rate (as it
+        started) and its mean loss and metric."""
         cfg, metric = self.cfg, self.task.quick_metric
         seed_everything(self.seed * 100_003 + epoch)
         if hasattr(self.train_data, "set_epoch"):
@@ -367,6 +368,7 @@ class Trainer:
         limit = cfg.max_steps_per_epoch
         self.batches_in_epoch = min(x for x in (n, limit) if x is not None) if (n or limit) else 0
         self._emit("on_epoch_start", epoch + 1)
+        lr = self.optimizer.param_groups[0]["lr"]  # as the epoch starts (a callback may have set it)
         total, score, count, steps, pending = 0.0, 0.0, 0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
@@ -394,7 +396,7 @@ class Trainer:
         if pending:  # batches without a known count: the last micro-batches still make a step
             self._step(epoch, steps)
         self.scheduler.step()
-        return {"train_loss": total / max(1, count), f"train_{metric}": score / max(1, count)}
+        return {"lr": lr, "train_loss": total / max(1, count), f"train_{metric}": score / max(1, count)}
 
     def _loss(self, out: Any, y: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         try:
@@ -457,8 +459,7 @@ class Trainer:
             if self.stop_training:
                 break
             te = time.perf_counter()
-            row: dict[str, float] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update(self.train_epoch(epoch))
+            row: dict[str, float] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 # torchrun: rank 0's figures for every process, so that all choose the same best epoch and stop
                 row.update(_agreed_values(self.validate()))
