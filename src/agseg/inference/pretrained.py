@@ -60,7 +60,14 @@ def _without_machine_paths(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def ship_model(run_dir: str | Path, name: str, info: dict[str, Any], dest: str | Path | None = None) -> Path:
+def ship_model(
+    run_dir: str | Path,
+    name: str,
+    info: dict[str, Any],
+    dest: str | Path | None = None,
+    mirror_axes: list[int] | None = None,
+    postprocess: dict[str, Any] | None = None,
+) -> Path:
     """Copy a run's model bundle to ``dest/name`` (default: the package's assets) with ``info`` merged in.
 
     Args:
@@ -68,6 +75,8 @@ def ship_model(run_dir: str | Path, name: str, info: dict[str, Any], dest: str |
         name: the name users give to ``agseg predict --model``.
         info: provenance to record: training data, performance, licence caveats.
         dest: parent folder; default ``agseg/assets/models``.
+        mirror_axes: test-time mirroring the shipped model applies by default (chosen on a CV); None: the run's.
+        postprocess: post-processing it applies (``{"keep_largest": {value: k}}``, a CV's decision); None: the run's.
     """
     src = Path(run_dir)
     src = src / "model" if (src / "model" / "model.json").is_file() else src
@@ -77,6 +86,17 @@ def ship_model(run_dir: str | Path, name: str, info: dict[str, Any], dest: str |
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((src / "model.json").read_text(encoding="utf-8"))
     meta["info"] = _without_machine_paths({**meta.get("info", {}), **info, "name": name})
+    from agseg.inference.bundle import load_bundle
+    from agseg.nets.compat import resolved_kwargs
+
+    # a run saved under earlier defaults (no up_mode in its description) ships naming them, as load_bundle
+    # rebuilt it from its weights: the shipped file then loads the same under any later default
+    model, bundle = load_bundle(src)
+    meta["model_kwargs"] = resolved_kwargs(model, bundle.model_kwargs)
+    if mirror_axes is not None:
+        meta["mirror_axes"] = [int(a) for a in mirror_axes]
+    if postprocess is not None:
+        meta["postprocess"] = postprocess
     shutil.copyfile(src / "model.safetensors", out / "model.safetensors")
     from agseg.fileio import atomic_write_text
 
