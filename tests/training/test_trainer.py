@@ -340,6 +340,8 @@ def test_a_time_budget_anneals_the_rate_by_the_share_of_time_spent(monkeypatch):
     clock[0] = 105.0
     cb.on_epoch_start(tr, 2)  # ... and the budget's decay applies again before the next epoch's first step
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**0.9)
+    cb.on_epoch_end(tr, 2, {})
+    assert not tr.stop_training
     clock[0] = 110.0
     cb.on_step_end(tr, 2, 1)
     assert tr.stop_training
@@ -347,13 +349,47 @@ def test_a_time_budget_anneals_the_rate_by_the_share_of_time_spent(monkeypatch):
         TimeBudget(1.0, anneal="linear")
 
 
+def test_a_time_budget_spent_in_validation_starts_no_new_epoch_and_resumes_where_it_was(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    from agseg.training.callbacks import TimeBudget
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    tr = SimpleNamespace(stop_training=False)
+    cb = TimeBudget(10.0)
+    cb.on_fit_start(tr)
+    clock[0] = 10.5  # the last step ended before the budget; validation ran past it
+    cb.on_epoch_end(tr, 1, {})
+    assert tr.stop_training
+    # a checkpoint keeps the time spent; the resumed run continues the budget and its decay from there
+    clock[0] = 6.0
+    saved = cb.state_dict()
+    assert saved == {"spent": 6.0}
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    tr2 = SimpleNamespace(optimizer=opt, scheduler=sched, stop_training=False)
+    resumed = TimeBudget(10.0, anneal="poly")
+    resumed.load_state_dict(saved)
+    clock[0] = 500.0
+    resumed.on_fit_start(tr2)
+    clock[0] = 501.5
+    resumed.on_step_end(tr2, 3, 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 7.5 / 10) ** 0.9) and not tr2.stop_training
+    clock[0] = 504.0
+    resumed.on_step_end(tr2, 3, 2)
+    assert tr2.stop_training
+
+
 def test_an_annealed_time_budget_lowers_the_rate_during_a_real_fit(tmp_path):
+    # poly: its slope at the start is -0.9, so a few milliseconds already lower the rate (cosine's is 0)
     from agseg.training.callbacks import TimeBudget
 
     lrs = []
     tr = make_trainer(tmp_path, epochs=2, schedule="constant")
     record = OnStep(lambda e, s: lrs.append(tr.optimizer.param_groups[0]["lr"]))
-    tr.callbacks += [TimeBudget(3600.0, anneal="cosine"), record]
+    tr.callbacks += [TimeBudget(3600.0, anneal="poly"), record]
     res = tr.fit()
     assert len(lrs) >= 4 and all(0 < lr < 1e-2 for lr in lrs)  # decayed from the base 1e-2 ...
     assert lrs == sorted(lrs, reverse=True)  # ... and only downwards, across the epoch boundary too

@@ -184,19 +184,31 @@ class EarlyStopping(Callback):
 
 class TimeBudget(Callback):
     """Stop training once ``seconds`` of wall-clock time have passed since the fit started (checked after every
-    optimiser step; the epoch in progress ends there). For same-budget comparisons between models.
+    optimiser step, the epoch in progress ending there, and after every epoch, so that a budget spent during
+    validation starts no new epoch). For same-budget comparisons between models.
 
     ``anneal="poly"`` or ``"cosine"``: the learning rate also decays with the share of the budget spent (on top of
     the epoch schedule; use ``schedule: constant`` there), as a schedule over epochs would if the number of epochs
-    that fit were known in advance: a budget-bound run still ends at a small learning rate."""
+    that fit were known in advance: a budget-bound run still ends at a small learning rate.
+
+    The time spent is kept in the checkpoint, so a resumed run continues the budget (and the decay) where the last
+    checkpoint left it; under torchrun every process uses rank 0's clock, so all set the same rate."""
 
     main_process_only = False
+    state_key = "time_budget"
 
     def __init__(self, seconds: float, anneal: str | None = None) -> None:
         if anneal not in (None, "poly", "cosine"):
             raise ValueError(f"anneal must be None, 'poly' or 'cosine', not {anneal!r}")
         self.seconds, self.anneal = float(seconds), anneal
-        self.t0 = 0.0
+        self.t0, self.before = 0.0, 0.0  # before: seconds spent by the run this one resumes
+
+    def spent(self) -> float:
+        import time
+
+        from agseg.training.trainer import _agreed_values
+
+        return _agreed_values({"spent": self.before + time.perf_counter() - self.t0})["spent"]
 
     def on_fit_start(self, trainer: Trainer) -> None:
         import time
@@ -211,19 +223,27 @@ class TimeBudget(Callback):
             group["lr"] = lr * f
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        import time
-
         if self.anneal:  # the epoch scheduler has just reset the rate: decay it from the start of the epoch
-            self._set_lr(trainer, time.perf_counter() - self.t0)
+            self._set_lr(trainer, self.spent())
 
     def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
-        import time
-
-        spent = time.perf_counter() - self.t0
+        spent = self.spent()
         if spent >= self.seconds:
             trainer.stop_training = True
         elif self.anneal:
             self._set_lr(trainer, spent)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, float]) -> None:
+        if self.spent() >= self.seconds:
+            trainer.stop_training = True
+
+    def state_dict(self) -> dict[str, Any]:
+        import time
+
+        return {"spent": self.before + time.perf_counter() - self.t0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before = float(state.get("spent", 0.0))
 
 
 class AttentionSnapshots(Callback):
