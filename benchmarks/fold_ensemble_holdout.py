@@ -28,7 +28,7 @@ def make_pool(args: argparse.Namespace) -> None:
 
     ds = load_dataset(Path(args.data).resolve(), **_opts(args))
     fold = json.loads(Path(args.splits).read_text(encoding="utf-8"))["folds"][args.fold]
-    pool = set(fold["train"]) | set(fold["val"])
+    pool = set(fold["train"]) | set(fold.get("val", []))
     cases = [c for c in ds.cases if c.case_id in pool]
     if len(cases) != len(pool):
         raise SystemExit(f"{args.data}: {len(pool) - len(cases)} of the fold's training cases are missing")
@@ -47,6 +47,12 @@ def _name(path: str | Path) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
+def _wilcoxon(stats, a: np.ndarray, b: np.ndarray) -> float:
+    """Paired Wilcoxon p of ``a`` vs ``b`` (NaNs left out); 1 when they never differ."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(stats.wilcoxon(a[ok], b[ok]).pvalue) if np.any(a[ok] != b[ok]) else 1.0
+
+
 def score(args: argparse.Namespace) -> None:
     from scipy import stats
 
@@ -58,12 +64,22 @@ def score(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     hold = set(json.loads(Path(args.ids).read_text(encoding="utf-8"))["holdout"])
     cases = [c for c in load_dataset(args.data, **_opts(args)).cases if c.case_id in hold]
+    if len(cases) != len(hold):
+        raise SystemExit(f"{args.data}: {len(hold) - len(cases)} hold-out case(s) of {args.ids} are missing")
+    inner_ids = set(json.loads((Path(args.inner) / "splits.json").read_text(encoding="utf-8"))["case_ids"])
+    if inner_ids & hold:
+        raise SystemExit(f"{args.inner} trained or tested on {len(inner_ids & hold)} hold-out case(s)")
     axes = tuple(int(a) for a in args.mirror_axes.split(",")) if args.mirror_axes else ()
-    variants = {"ensemble": EnsemblePredictor.from_paths([args.inner], postprocess=False, mirror_axes=axes)}
+    # every variant as predicted: the same mirroring, no post-processing (a bundle's own would favour it)
+    kw = {"mirror_axes": axes, "postprocess": False}
+    variants = {"ensemble": EnsemblePredictor.from_paths([args.inner], **kw)}
     for f in cv_fold_runs(args.inner):
-        variants[f"inner_{_name(f)}"] = Predictor.from_path(f, mirror_axes=axes)
+        variants[f"inner_{_name(f)}"] = Predictor.from_path(f, **kw)
     for e in args.extra:
-        variants[f"extra_{_name(e)}"] = Predictor.from_path(e, mirror_axes=axes)
+        name = f"extra_{_name(e)}"
+        if name in variants:
+            raise SystemExit(f"two --extra models are both called {name}: pass folders with different names")
+        variants[name] = Predictor.from_path(e, **kw)
     res = {}
     for name, pred in variants.items():
         rows = evaluate_cases(pred, cases, args.metrics.split(","), progress=False)
@@ -83,12 +99,10 @@ def score(args: argparse.Namespace) -> None:
     for k in cols:
         ens = np.array([r[k] for r in res["ensemble"]], float)
         members = np.nanmean([[r[k] for r in res[n]] for n in singles], axis=0)
-        tests = {"vs_mean_of_inner_singles_p": float(stats.wilcoxon(ens, members, nan_policy="omit").pvalue)}
+        tests = {"vs_mean_of_inner_singles_p": _wilcoxon(stats, ens, members)}
         for n in singles + [n for n in res if n.startswith("extra_")]:
             other = np.array([r[k] for r in res[n]], float)
-            tests[f"vs_{n}_p"] = (
-                float(stats.wilcoxon(ens, other, nan_policy="omit").pvalue) if np.any(ens != other) else 1.0
-            )
+            tests[f"vs_{n}_p"] = _wilcoxon(stats, ens, other)
         summary["tests"][k] = tests
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"{'variant':<28}" + "".join(f"{k:>14}" for k in cols))

@@ -148,6 +148,10 @@ def test_ship_model_names_the_defaults_a_run_was_saved_under(tmp_path):
     pre = Preprocessor(PreprocessConfig(target_size=(32, 32))).to_dict()
     bundle = ModelBundle("attention_unet", dict(kwargs), pre)
     bundle.save(tmp_path / "run" / "model", model)
+    from safetensors.torch import save_file  # the run's weights under the names from before the split into parts
+
+    save_file({to_old_layout(k): v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "run" / "model" / "model.safetensors"))  # fmt: skip
     pp = {"keep_largest": {"1": 2}}
     out = ship_model(tmp_path / "run", "toy", {"data": "/work/secret/toy_images"}, dest=tmp_path / "ship",
                      mirror_axes=[1], postprocess=pp)  # fmt: skip
@@ -156,7 +160,9 @@ def test_ship_model_names_the_defaults_a_run_was_saved_under(tmp_path):
     assert meta["model_kwargs"]["up_mode"] == "interp" and kwargs.items() <= meta["model_kwargs"].items()
     assert meta["info"]["data"] == "toy_images"
     net = agseg.create_model("attention_unet", **meta["model_kwargs"])
-    net.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+    shipped_state = load_file(out / "model.safetensors")
+    assert set(shipped_state) == set(net.state_dict())  # current names, no load-time upgrade needed
+    net.load_state_dict(shipped_state, strict=True)
     shipped, shipped_bundle = load_bundle(out)
     assert shipped_bundle.mirror_axes == [1] and shipped_bundle.postprocess == pp
     with torch.no_grad():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +89,18 @@ def ship_model(
     from agseg.nets.compat import resolved_kwargs
 
     # a run saved under earlier defaults (no up_mode in its description) ships naming them, as load_bundle
-    # rebuilt it from its weights: the shipped file then loads the same under any later default
+    # rebuilt it from its weights: the shipped file then loads strictly under any later default
     model, bundle = load_bundle(src)
     meta["model_kwargs"] = resolved_kwargs(model, bundle.model_kwargs)
     if mirror_axes is not None:
         meta["mirror_axes"] = [int(a) for a in mirror_axes]
     if postprocess is not None:
         meta["postprocess"] = postprocess
-    shutil.copyfile(src / "model.safetensors", out / "model.safetensors")
     from agseg.fileio import atomic_write_text
+    from agseg.weights import save_weights
+
+    # the weights as loaded: under the current parameter names, even from a run saved before a rename
+    save_weights(model, out / "model.safetensors", metadata={"agseg_model": bundle.model_name})
 
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n")
     return out
