@@ -316,19 +316,25 @@ def test_decay_factor_by_hand():
     assert decay_factor("constant", 0.7) == 1.0
 
 
-def test_a_time_budget_anneals_the_rate_by_the_share_of_time_spent(monkeypatch):
-    """TimeBudget(anneal="poly"): the rate is the epoch schedule's times (1 - spent / budget) ** 0.9, set at every
-    epoch start (after the epoch scheduler reset it) and after every step; at the budget, training stops."""
+def _fake_fit(monkeypatch, start: float):
+    """A settable clock (``clock[0]``), and a stand-in trainer with an SGD optimiser at 0.1 and a constant epoch
+    schedule: what TimeBudget reads."""
     import time
     from types import SimpleNamespace
 
-    from agseg.training.callbacks import TimeBudget
-
-    clock = [100.0]
+    clock = [start]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-    tr = SimpleNamespace(optimizer=opt, scheduler=sched, stop_training=False)
+    return clock, opt, sched, SimpleNamespace(optimizer=opt, scheduler=sched, stop_training=False)
+
+
+def test_a_time_budget_anneals_the_rate_by_the_share_of_time_spent(monkeypatch):
+    """TimeBudget(anneal="poly"): the rate is the epoch schedule's times (1 - spent / budget) ** 0.9, set at every
+    epoch start (after the epoch scheduler reset it) and after every step; at the budget, training stops."""
+    from agseg.training.callbacks import TimeBudget
+
+    clock, opt, sched, tr = _fake_fit(monkeypatch, 100.0)
     cb = TimeBudget(10.0, anneal="poly")
     cb.on_fit_start(tr)
     clock[0] = 102.5
@@ -350,14 +356,9 @@ def test_a_time_budget_anneals_the_rate_by_the_share_of_time_spent(monkeypatch):
 
 
 def test_a_time_budget_spent_in_validation_starts_no_new_epoch_and_resumes_where_it_was(monkeypatch):
-    import time
-    from types import SimpleNamespace
-
     from agseg.training.callbacks import TimeBudget
 
-    clock = [0.0]
-    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    tr = SimpleNamespace(stop_training=False)
+    clock, opt, _, tr = _fake_fit(monkeypatch, 0.0)
     cb = TimeBudget(10.0)
     cb.on_fit_start(tr)
     clock[0] = 10.5  # the last step ended before the budget; validation ran past it
@@ -367,9 +368,8 @@ def test_a_time_budget_spent_in_validation_starts_no_new_epoch_and_resumes_where
     clock[0] = 6.0
     saved = cb.state_dict()
     assert saved == {"spent": 6.0}
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-    tr2 = SimpleNamespace(optimizer=opt, scheduler=sched, stop_training=False)
+    tr.stop_training = False  # the resumed run starts afresh, with the same optimiser and schedule
+    tr2 = tr
     resumed = TimeBudget(10.0, anneal="poly")
     resumed.load_state_dict(saved)
     clock[0] = 500.0

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,16 +204,16 @@ class TimeBudget(Callback):
         self.seconds, self.anneal = float(seconds), anneal
         self.t0, self.before = 0.0, 0.0  # before: seconds spent by the run this one resumes
 
-    def spent(self) -> float:
-        import time
+    def _spent_here(self) -> float:
+        return self.before + time.perf_counter() - self.t0
 
+    def spent(self) -> float:
+        """Seconds of the budget spent: this process's clock, rank 0's under torchrun."""
         from agseg.training.trainer import _agreed_values
 
-        return _agreed_values({"spent": self.before + time.perf_counter() - self.t0})["spent"]
+        return _agreed_values({"spent": self._spent_here()})["spent"]
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        import time
-
         self.t0 = time.perf_counter()
 
     def _set_lr(self, trainer: Trainer, spent: float) -> None:
@@ -238,9 +239,7 @@ class TimeBudget(Callback):
             trainer.stop_training = True
 
     def state_dict(self) -> dict[str, Any]:
-        import time
-
-        return {"spent": self.before + time.perf_counter() - self.t0}
+        return {"spent": self._spent_here()}  # on rank 0 only (the checkpointer's): no collective here
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.before = float(state.get("spent", 0.0))
