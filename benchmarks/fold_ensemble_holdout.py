@@ -6,7 +6,8 @@ and score on the outer fold's test cases: the inner folds' ensemble, each inner 
 (e.g. the outer CV's own model of that fold, the same recipe on all the pool).
 
     python benchmarks/fold_ensemble_holdout.py pool DATA OUTER_SPLITS OUT_PREFIX [--fold 0] [--mask-threshold 127]
-        # writes OUT_PREFIX_pool.csv (a case list agseg reads) and OUT_PREFIX_ids.json (pool and hold-out ids)
+        # writes OUT_PREFIX_pool.csv (a case list agseg reads) and OUT_PREFIX_ids.json (pool and hold-out ids);
+        # like score, it refuses to replace an earlier run's files unless --overwrite
     agseg cv CONFIG --folds 5 --set data.path=OUT_PREFIX_pool.csv --out INNER_CV [--set ...]
     python benchmarks/fold_ensemble_holdout.py score INNER_CV DATA OUT_PREFIX_ids.json OUT_DIR \
         [--metrics dice,hd95] [--mask-threshold 127] [--mirror-axes 1] [--extra RUN ...]
@@ -23,8 +24,17 @@ from pathlib import Path
 import numpy as np
 
 
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Nothing is written over an earlier result unless ``--overwrite``: checked before any work starts."""
+    there = [str(p) for p in paths if p.exists()]
+    if there and not overwrite:
+        raise SystemExit(f"exists already, not overwritten (use --overwrite): {', '.join(there)}")
+
+
 def make_pool(args: argparse.Namespace) -> None:
     from agseg.data.datasets import load_dataset, save_case_list
+
+    _refuse_existing([Path(f"{args.prefix}_pool.csv"), Path(f"{args.prefix}_ids.json")], args.overwrite)
 
     ds = load_dataset(Path(args.data).resolve(), **_opts(args))
     fold = json.loads(Path(args.splits).read_text(encoding="utf-8"))["folds"][args.fold]
@@ -61,6 +71,7 @@ def score(args: argparse.Namespace) -> None:
     from agseg.inference.predictor import EnsemblePredictor, Predictor, cv_fold_runs
 
     out = Path(args.out)
+    _refuse_existing([out / "summary.json"], args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     hold = set(json.loads(Path(args.ids).read_text(encoding="utf-8"))["holdout"])
     cases = [c for c in load_dataset(args.data, **_opts(args)).cases if c.case_id in hold]
@@ -129,6 +140,8 @@ def main() -> None:
     s.add_argument("--mask-threshold", type=int, default=None)
     s.add_argument("--mirror-axes", default="")
     s.add_argument("--extra", nargs="*", default=[])
+    for sp in (p, s):
+        sp.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run")
     args = ap.parse_args()
     make_pool(args) if args.cmd == "pool" else score(args)
 
