@@ -13,6 +13,7 @@ exclusive; ``gate`` is ``box`` for the final box and the gate's name for each ga
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,9 +34,9 @@ from agseg.inference.bundle import ModelBundle, load_bundle
 from agseg.inference.inputs import PredictInput, collect_inputs
 from agseg.inference.postprocess import apply_postprocessing
 from agseg.inference.sliding import predict_logits, predict_with_attention
-from agseg.nets.base import has_attention, prune_model
+from agseg.nets.base import has_attention, prune_model, spatial_dims_of
 from agseg.nets.fuse import fold_batchnorm
-from agseg.runtime import amp_dtype, flush_denormal, resolve_device
+from agseg.runtime import amp_dtype, flush_denormal, memory_format_for, resolve_device
 from agseg.tasks import logits_to_probs, probs_to_indices
 
 __all__ = ["ENGINES", "PredictInput", "Prediction", "Predictor", "collect_inputs"]
@@ -67,6 +68,11 @@ class Prediction:
     localisation: Any = None
 
 
+def _needs_layout(model: torch.nn.Module, fmt: torch.memory_format) -> bool:
+    """Whether a convolution weight of ``model`` is not held in ``fmt`` yet."""
+    return any(p.dim() in (4, 5) and not p.is_contiguous(memory_format=fmt) for p in model.parameters())
+
+
 class Predictor:
     """Applies a trained bundle to arrays or files.
 
@@ -87,6 +93,10 @@ class Predictor:
         fold_bn: predict with a copy of the net whose batch norms are folded into the convolutions before them
             (:func:`agseg.nets.fuse.fold_batchnorm`: same outputs up to float rounding, faster); the given
             ``model`` is left untouched.
+        channels_last: hold the net's weights in the channels-last memory format (``channels_last`` /
+            ``channels_last_3d``), so its convolutions run channels-last (oneDNN's faster layout on CPUs: fp32
+            inference about 1.3-1.5x faster here, ``benchmarks/predict_layout.py``); the outputs are the same up to
+            float rounding. A net without convolution weights (an ONNX model) is left as it is.
     """
 
     def __init__(
@@ -100,15 +110,22 @@ class Predictor:
         postprocess: Mapping[str, Any] | bool | None = True,
         prune: int | None = None,
         fold_bn: bool = True,
+        channels_last: bool = True,
     ) -> None:
         self.device = resolve_device(device)
+        given = model
         level = bundle.prune if prune is None else prune
         if level:  # ANU-Net: a standalone smaller net that computes only the level-L output
             model = prune_model(model, int(level))
         self.prune = int(level) if level else None
         if fold_bn and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             model, _ = fold_batchnorm(model)  # a copy: the caller's net (e.g. a trainer's) keeps its norms
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        fmt = memory_format_for(spatial_dims_of(model)) if channels_last else None
+        if fmt is not None and _needs_layout(model, fmt):
+            # Module.to(memory_format=) works in place: convert a copy unless fold_batchnorm / pruning made one
+            model = (model if model is not given else copy.deepcopy(model)).to(memory_format=fmt)
+        self.model = model
         self.bundle = bundle
         n_out = int(bundle.model_kwargs.get("out_channels") or len(bundle.labels))
         bad = [c for c in bundle.exclude_classes or () if not 0 <= int(c) < n_out or n_out == 1]

@@ -1,0 +1,121 @@
+"""Does holding the net channels-last speed up ``agseg predict``? The shipped models on real images, both layouts.
+
+For each shipped segmentation model (``cxr-lungs``, ``nuclei``, ``hippocampus``) and a few of its images from
+``../shared/data``, one :class:`agseg.Predictor` per (precision, layout): ``amp="off"`` (fp32) and ``amp="auto"``
+(bf16 autocast where the CPU has fast bf16, else fp32 again), ``channels_last`` False and True. Each variant
+predicts the same image once per round, the variants interleaved round-robin with the order rotated each round, so
+machine noise hits all alike. Reported: the median seconds per image, the speed-up of channels-last over the
+contiguous layout at the same precision, and the largest difference of their probabilities.
+
+    python benchmarks/predict_layout.py --rounds 5 --threads 1
+
+Prints a table and writes JSON (default ``benchmarks/results/predict_layout.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agseg.data.io import read_image
+from agseg.inference.bundle import load_bundle
+from agseg.inference.predictor import Predictor
+from agseg.inference.pretrained import pretrained_path
+from agseg.runtime import cpu_has_fast_bf16
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+IMAGES = {  # model -> a glob of its kind of image
+    "cxr-lungs": ("cxr_lungs/cxr", "*.png"),
+    "nuclei": ("dsb2018_nuclei/stage1_train", "*/images/*.png"),
+    "hippocampus": ("msd_hippocampus/images", "*.nii.gz"),
+}
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
+    p.add_argument("--models", nargs="+", default=list(IMAGES), choices=list(IMAGES))
+    p.add_argument("--images", type=int, default=2, help="images per model (the first in name order)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/predict_layout.json"))
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models:
+        folder, pattern = IMAGES[name]
+        paths = sorted((args.data / folder).glob(pattern))[: args.images]
+        if not paths:
+            raise SystemExit(f"no images for {name} under {args.data / folder} ({pattern})")
+        images = [read_image(p) for p in paths]
+        model, bundle = load_bundle(pretrained_path(name))
+        variants = {
+            (amp, cl): Predictor(model, bundle, device="cpu", amp=amp, mirror_axes=(), channels_last=cl)
+            for amp in ("off", "auto")
+            for cl in (False, True)
+        }
+        times = {k: [] for k in variants}
+        probs = {}
+        keys = list(variants)
+        for k, v in variants.items():  # warm-up, and the probabilities compared below
+            probs[k] = [v.probabilities(img, geom)[0] for img, geom in images]
+        for r in range(args.rounds):
+            for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                for img, geom in images:
+                    t = time.perf_counter()
+                    variants[k].probabilities(img, geom)
+                    times[k].append(time.perf_counter() - t)
+        for amp in ("off", "auto"):
+            base, fast = statistics.median(times[(amp, False)]), statistics.median(times[(amp, True)])
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(probs[(amp, False)], probs[(amp, True)], strict=True))
+            rows.append(
+                {
+                    "model": name,
+                    "amp": amp,
+                    "precision": "bf16" if amp == "auto" and cpu_has_fast_bf16() else "fp32",
+                    "shape": list(images[0][0].shape),
+                    "contiguous_s": base,
+                    "channels_last_s": fast,
+                    "speedup": base / fast,
+                    "max_prob_diff": diff,
+                }
+            )
+    head = ("model", "amp", "precision", "contiguous s", "channels-last s", "speed-up", "max |dp|")
+    print("{:12} {:5} {:9} {:>12} {:>15} {:>8} {:>9}".format(*head))
+    for r in rows:
+        print(
+            f"{r['model']:12} {r['amp']:5} {r['precision']:9} {r['contiguous_s']:12.3f} {r['channels_last_s']:15.3f} "
+            f"{r['speedup']:8.2f} {r['max_prob_diff']:9.1e}"
+        )
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "fast_bf16": cpu_has_fast_bf16(),
+        "load_average_at_end": os.getloadavg(),
+        "rounds": args.rounds,
+        "images_per_model": args.images,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
