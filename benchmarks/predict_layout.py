@@ -4,8 +4,8 @@ For each shipped segmentation model (``cxr-lungs``, ``nuclei``, ``hippocampus``)
 ``../shared/data``, one :class:`agseg.Predictor` per (precision, layout): ``amp="off"`` (fp32) and ``amp="auto"``
 (bf16 autocast where the CPU has fast bf16, else fp32 again), ``channels_last`` False and True. Each variant
 predicts the same image once per round, the variants interleaved round-robin with the order rotated each round, so
-machine noise hits all alike. Reported: the median seconds per image, the speed-up of channels-last over the
-contiguous layout at the same precision, and the largest difference of their probabilities.
+machine noise hits all alike. Reported per image: the median seconds of each layout, the speed-up of channels-last
+over the contiguous layout at the same precision, and the largest difference of their probabilities.
 
     python benchmarks/predict_layout.py --rounds 5 --threads 1
 
@@ -39,6 +39,18 @@ IMAGES = {  # model -> a glob of its kind of image
 }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
@@ -66,43 +78,46 @@ def main() -> None:
             for amp in ("off", "auto")
             for cl in (False, True)
         }
-        times = {k: [] for k in variants}
+        times = {(k, i): [] for k in variants for i in range(len(images))}
         probs = {}
         keys = list(variants)
         for k, v in variants.items():  # warm-up, and the probabilities compared below
             probs[k] = [v.probabilities(img, geom)[0] for img, geom in images]
         for r in range(args.rounds):
             for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
-                for img, geom in images:
+                for i, (img, geom) in enumerate(images):
                     t = time.perf_counter()
                     variants[k].probabilities(img, geom)
-                    times[k].append(time.perf_counter() - t)
+                    times[(k, i)].append(time.perf_counter() - t)
         for amp in ("off", "auto"):
-            base, fast = statistics.median(times[(amp, False)]), statistics.median(times[(amp, True)])
-            diff = max(float(np.abs(a - b).max()) for a, b in zip(probs[(amp, False)], probs[(amp, True)], strict=True))
-            rows.append(
-                {
-                    "model": name,
-                    "amp": amp,
-                    "precision": "bf16" if amp == "auto" and cpu_has_fast_bf16() else "fp32",
-                    "shape": list(images[0][0].shape),
-                    "contiguous_s": base,
-                    "channels_last_s": fast,
-                    "speedup": base / fast,
-                    "max_prob_diff": diff,
-                }
-            )
-    head = ("model", "amp", "precision", "contiguous s", "channels-last s", "speed-up", "max |dp|")
-    print("{:12} {:5} {:9} {:>12} {:>15} {:>8} {:>9}".format(*head))
+            for i, path in enumerate(paths):
+                base = statistics.median(times[((amp, False), i)])
+                fast = statistics.median(times[((amp, True), i)])
+                rows.append(
+                    {
+                        "model": name,
+                        "image": path.name if name != "nuclei" else path.parents[1].name[:12],
+                        "amp": amp,
+                        "precision": "bf16" if amp == "auto" and cpu_has_fast_bf16() else "fp32",
+                        "shape": list(images[i][0].shape),
+                        "contiguous_s": base,
+                        "channels_last_s": fast,
+                        "speedup": base / fast,
+                        "max_prob_diff": float(np.abs(probs[(amp, False)][i] - probs[(amp, True)][i]).max()),
+                    }
+                )
+    head = ("model", "image", "shape", "amp", "precision", "contiguous s", "channels-last s", "speed-up", "max |dp|")
+    print("{:12} {:24} {:16} {:5} {:9} {:>12} {:>15} {:>8} {:>9}".format(*head))
     for r in rows:
+        shape = "x".join(str(n) for n in r["shape"])
         print(
-            f"{r['model']:12} {r['amp']:5} {r['precision']:9} {r['contiguous_s']:12.3f} {r['channels_last_s']:15.3f} "
-            f"{r['speedup']:8.2f} {r['max_prob_diff']:9.1e}"
+            f"{r['model']:12} {r['image']:24} {shape:16} {r['amp']:5} {r['precision']:9} {r['contiguous_s']:12.3f} "
+            f"{r['channels_last_s']:15.3f} {r['speedup']:8.2f} {r['max_prob_diff']:9.1e}"
         )
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.machine(),
-        "processor": platform.processor(),
+        "cpu": _cpu_model(),
         "torch": torch.__version__,
         "threads": args.threads,
         "fast_bf16": cpu_has_fast_bf16(),

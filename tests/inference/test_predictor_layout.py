@@ -32,8 +32,8 @@ def test_channels_last_predicts_as_contiguous_and_leaves_the_callers_net(dims, f
     shape = (16,) * dims
     x = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
     g = Geometry.identity(shape, format="png" if dims == 2 else "nifti")
-    fast = Predictor(net, bundle, amp="off", fold_bn=fold_bn, channels_last=True)
-    plain = Predictor(net, bundle, amp="off", fold_bn=fold_bn, channels_last=False)
+    fast = Predictor(net, bundle, device="cpu", amp="off", fold_bn=fold_bn, channels_last=True)
+    plain = Predictor(net, bundle, device="cpu", amp="off", fold_bn=fold_bn, channels_last=False)
     assert all(w.is_contiguous(memory_format=fmt) for w in _conv_weights(fast.model))
     assert all(w.is_contiguous() for w in _conv_weights(plain.model))
     assert all(w.is_contiguous() for w in _conv_weights(net))  # the caller's net keeps its layout
@@ -47,4 +47,15 @@ def test_a_channels_last_net_is_used_as_it_is():
     """A net already channels-last (a trainer's) is not copied again."""
     bundle = _bundle(2)
     net = bundle.build().eval().to(memory_format=torch.channels_last)
-    assert Predictor(net, bundle, amp="off", fold_bn=False).model is net
+    assert Predictor(net, bundle, device="cpu", amp="off", fold_bn=False).model is net
+
+
+def test_a_net_without_batch_norm_is_copied_not_converted_in_place():
+    """fold_bn=True makes no copy of a net without batch norms: the layout copy must still leave it alone."""
+    kw = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16], "norm": "instance"}
+    bundle = ModelBundle("unet", kw, Preprocessor(PreprocessConfig(intensity="none")).to_dict())
+    net = bundle.build().eval()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    fast = Predictor(net, bundle, device="cpu", amp="off")
+    assert fast.model is not net and all(w.is_contiguous() for w in _conv_weights(net))
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(fast.model))

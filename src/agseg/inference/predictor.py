@@ -94,9 +94,10 @@ class Predictor:
             (:func:`agseg.nets.fuse.fold_batchnorm`: same outputs up to float rounding, faster); the given
             ``model`` is left untouched.
         channels_last: hold the net's weights in the channels-last memory format (``channels_last`` /
-            ``channels_last_3d``), so its convolutions run channels-last (oneDNN's faster layout on CPUs: fp32
-            inference about 1.3-1.5x faster here, ``benchmarks/predict_layout.py``); the outputs are the same up to
-            float rounding. A net without convolution weights (an ONNX model) is left as it is.
+            ``channels_last_3d``), so its convolutions run channels-last (oneDNN's faster layout: fp32 inference of
+            the shipped models 1.17-1.57x faster on a CPU, ``benchmarks/predict_layout.py``); the outputs are
+            the same up to float rounding. None (default): on CPUs only (not measured on CUDA). A net without
+            convolution weights (an ONNX model) is left as it is.
     """
 
     def __init__(
@@ -110,7 +111,7 @@ class Predictor:
         postprocess: Mapping[str, Any] | bool | None = True,
         prune: int | None = None,
         fold_bn: bool = True,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         given = model
@@ -120,12 +121,12 @@ class Predictor:
         self.prune = int(level) if level else None
         if fold_bn and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             model, _ = fold_batchnorm(model)  # a copy: the caller's net (e.g. a trainer's) keeps its norms
-        model = model.to(self.device).eval()
-        fmt = memory_format_for(spatial_dims_of(model)) if channels_last else None
+        use_layout = self.device.type == "cpu" if channels_last is None else channels_last
+        fmt = memory_format_for(spatial_dims_of(model)) if use_layout else None
         if fmt is not None and _needs_layout(model, fmt):
-            # Module.to(memory_format=) works in place: convert a copy unless fold_batchnorm / pruning made one
-            model = (model if model is not given else copy.deepcopy(model)).to(memory_format=fmt)
-        self.model = model
+            # Module.to(...) works in place: convert a copy unless fold_batchnorm / pruning made one
+            model = (model if model is not given else copy.deepcopy(model)).to(self.device, memory_format=fmt)
+        self.model = model.to(self.device).eval()
         self.bundle = bundle
         n_out = int(bundle.model_kwargs.get("out_channels") or len(bundle.labels))
         bad = [c for c in bundle.exclude_classes or () if not 0 <= int(c) < n_out or n_out == 1]
