@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from agseg.data.io import read_image
+from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import load_bundle
 from agseg.inference.predictor import Predictor
 from agseg.inference.pretrained import pretrained_path
@@ -126,9 +127,7 @@ def main() -> None:
         "images_per_model": args.images,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -77,20 +77,25 @@ def test_a_pruned_anunet_exports_its_level(tmp_path):
             Predictor.from_path(out, engine="onnxruntime", prune=other)
 
 
+def _flat(text: str) -> str:
+    """CLI output with whitespace folded: Rich wraps long paths at the console's width."""
+    return " ".join(text.split())
+
+
 def test_export_and_predict_from_the_command_line(tmp_path):
     kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]}
     run = _bundle_dir(tmp_path, "unet", kwargs)
     out = tmp_path / "exp"
     res = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "max difference" in " ".join(res.output.split())  # Rich wraps long paths at the console's width
+    assert "max difference" in _flat(res.output)
     again = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(out)])
-    assert again.exit_code != 0 and "--overwrite" in " ".join(again.output.split())  # nothing replaced without asking
+    assert again.exit_code != 0 and "--overwrite" in _flat(again.output)  # nothing replaced without asking
     inside = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(run / "model")])
-    assert inside.exit_code != 0 and "new folder" in " ".join(inside.output.split())
+    assert inside.exit_code != 0 and "new folder" in _flat(inside.output)
     other_run = _bundle_dir(tmp_path / "o", "unet", kwargs)  # a run folder (its model in model/) is not empty
     into_run = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(other_run)])
-    assert into_run.exit_code != 0 and "not empty" in " ".join(into_run.output.split())
+    assert into_run.exit_code != 0 and "not empty" in _flat(into_run.output)
     assert not (other_run / "model.json").exists()
     img = tmp_path / "in" / "case.png"
     img.parent.mkdir()
@@ -134,7 +139,7 @@ def test_an_export_prints_agsegs_lines_only(tmp_path):
     res = subprocess.run([sys.executable, "-m", "agseg", "export", str(run), "--format", "onnx", "--out",
                           str(tmp_path / "exp")], capture_output=True, encoding="utf-8", errors="replace")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    text = " ".join((res.stdout + res.stderr).split())  # Rich wraps long paths at the console's width
+    text = _flat(res.stdout + res.stderr)
     # was about 45 lines: "torchvision is not installed. Skipping torchvision::nms", "[torch.onnx] ...", every
     # onnx_ir / onnxscript pass at INFO
     for chatter in ("torchvision", "[torch.onnx]", "onnx_ir", "onnxscript"):
