@@ -9,7 +9,8 @@ over the contiguous layout at the same precision, and the largest difference of 
 
     python benchmarks/predict_layout.py --rounds 5 --threads 1
 
-Prints a table and writes JSON (default ``benchmarks/results/predict_layout.json``).
+Prints a table and writes JSON (default ``benchmarks/results/predict_layout.json``; an earlier one is kept unless
+``--overwrite``).
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/predict_layout.json"))
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse()
+    if args.out.exists() and not args.overwrite:  # before any work: an earlier result is never replaced unasked
+        raise SystemExit(f"{args.out} exists already, not overwritten (use --overwrite)")
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
