@@ -1,0 +1,58 @@
+"""benchmarks/speed.py's ratios and targets: each net is read in its framework's default layout, and the fp32
+target holds only when ours is no slower than MONAI's AttentionUnet in either of its layouts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(speed, monai_cl_train: float) -> list[dict]:
+    cl, contig = speed.CL, speed.CONTIGUOUS
+
+    def row(net, precision, layout, infer, train, params=1.0):
+        return {"net": net, "precision": precision, "layout": layout, "params": params, "gflops": 1.0,
+                "infer_s": infer, "train_s": train}  # fmt: skip
+
+    return [
+        row(speed.DEFAULT, "fp32", cl, 0.8, 1.0, params=1.05),
+        row(speed.DEFAULT, "fp32", contig, 1.2, 1.3, params=1.05),  # slower: must not be read as the default
+        row(speed.DEFAULT, "bf16", cl, 0.25, 0.4, params=1.05),
+        row("agseg unet", "fp32", cl, 0.75, 0.95),
+        row("agseg unet", "bf16", cl, 0.24, 0.38),
+        row(speed.MONAI, "fp32", contig, 1.0, 1.1),
+        row(speed.MONAI, "fp32", cl, 0.9, monai_cl_train),
+        row(speed.MONAI, "bf16", cl, 0.5, 0.9),
+    ]
+
+
+def test_ratios_use_each_frameworks_default_layout(speed):
+    r = speed.ratios(_rows(speed, monai_cl_train=0.95))
+    assert r[f"{speed.DEFAULT} / {speed.MONAI}, fp32, train"] == pytest.approx(1.0 / 1.1)
+    assert r[f"{speed.DEFAULT} / {speed.MONAI} {speed.CL}, fp32, train"] == pytest.approx(1.0 / 0.95)
+    assert r[f"{speed.DEFAULT} bf16 / {speed.MONAI} fp32, infer"] == pytest.approx(0.25 / 1.0)
+    assert r["gate overhead (attention_unet / unet), bf16, train time"] == pytest.approx(0.4 / 0.38)
+    assert r[f"layout: {speed.DEFAULT} fp32 {speed.CL} / {speed.CONTIGUOUS}, infer"] == pytest.approx(0.8 / 1.2)
+
+
+@pytest.mark.parametrize(("monai_cl_train", "met"), [(0.95, False), (1.2, True)])
+def test_fp32_target_needs_both_monai_layouts_beaten(speed, monai_cl_train, met):
+    result = {"shapes": {"2d": {"ratios": speed.ratios(_rows(speed, monai_cl_train))}}}
+    got = {t: ok for t, _, ok in speed.targets(result)}
+    key = next(t for t in got if "fp32, train <= 1" in t)
+    assert got[key] is met
+    infer = next(t for t in got if "fp32, infer <= 1" in t)
+    assert got[infer] is True  # 0.8 against 1.0 and 0.9
+    assert got["2d: default (bf16) / MONAI fp32, infer <= 0.3"] is True
