@@ -31,7 +31,7 @@ from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import load_bundle
 from agseg.inference.predictor import Predictor
 from agseg.inference.pretrained import pretrained_path
-from agseg.runtime import cpu_has_fast_bf16
+from agseg.runtime import cpu_has_fast_bf16, cpu_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = {  # model -> a glob of its kind of image
@@ -39,18 +39,6 @@ IMAGES = {  # model -> a glob of its kind of image
     "nuclei": ("dsb2018_nuclei/stage1_train", "*/images/*.png"),
     "hippocampus": ("msd_hippocampus/images", "*.nii.gz"),
 }
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def parse() -> argparse.Namespace:
@@ -122,7 +110,7 @@ def main() -> None:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "threads": args.threads,
         "fast_bf16": cpu_has_fast_bf16(),

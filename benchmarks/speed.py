@@ -127,6 +127,7 @@ class Variant:
     ) -> None:
         torch.manual_seed(0)
         self.label, self.precision, self.device, self.layout = label, precision, device, layout
+        self.key = (label, precision, layout)
         fmt = (torch.channels_last if dims == 2 else torch.channels_last_3d) if layout == CL else None
         net = factory(dims).to(device)
         self.params = count_parameters(net)
@@ -180,6 +181,7 @@ class OrtVariant:
         torch.manual_seed(0)
         net = NETS[DEFAULT][0](dims).eval()
         self.label, self.precision, self.layout = "agseg attention_unet (onnxruntime)", "fp32", CONTIGUOUS
+        self.key = (self.label, self.precision, self.layout)
         self.params, self.flops = count_parameters(net), count_flops(net, shape)
         self.x = torch.randn(shape).numpy()
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
@@ -235,22 +237,22 @@ def bench_shape(key: str, rounds: int, device: torch.device, onnx: bool) -> dict
     peaks: dict[tuple[str, str, str, str], float | None] = {}
     for v, m in jobs:  # warm-up round, then the peak memory of each pass (profiled, so not timed)
         getattr(v, m)()
-        peaks[(v.label, v.precision, v.layout, m)] = peak_mib(getattr(v, m), device) if isinstance(v, Variant) else None
+        peaks[(*v.key, m)] = peak_mib(getattr(v, m), device) if isinstance(v, Variant) else None
     for r in range(rounds):
         k = r % len(jobs)
         for v, m in jobs[k:] + jobs[:k]:
-            times.setdefault((v.label, v.precision, v.layout, m), []).append(getattr(v, m)())
+            times.setdefault((*v.key, m), []).append(getattr(v, m)())
         print(f"{key}: round {r + 1}/{rounds}", flush=True)
     rows = []
     for v in variants:
-        row = {"net": v.label, "precision": v.precision, "layout": v.layout, "params": v.params}
-        row["gflops"] = v.flops / 1e9
+        net, precision, layout = v.key
+        row = {"net": net, "precision": precision, "layout": layout, "params": v.params, "gflops": v.flops / 1e9}
         for m in ("infer", "train"):
-            if (v.label, v.precision, v.layout, m) in times:
-                s = statistics.median(times[(v.label, v.precision, v.layout, m)])
+            if (*v.key, m) in times:
+                s = statistics.median(times[(*v.key, m)])
                 row[f"{m}_s"] = s
                 row[f"{m}_gflops_per_s"] = (v.flops if m == "infer" else 3 * v.flops) / s / 1e9
-                row[f"{m}_peak_mib"] = peaks[(v.label, v.precision, v.layout, m)]
+                row[f"{m}_peak_mib"] = peaks[(*v.key, m)]
         rows.append(row)
     return {"shape": list(shape), "rows": rows, "ratios": ratios(rows)}
 

@@ -25,6 +25,7 @@ __all__ = [
     "autocast",
     "barrier",
     "cpu_has_fast_bf16",
+    "cpu_model",
     "device_choices",
     "flush_denormal",
     "init_distributed",
@@ -79,13 +80,28 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 @cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo (Linux), or "" where there is none."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has AMX or AVX-512 bf16 instructions (bf16 autocast is then ~2x faster than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :func:`platform.processor` says."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor()
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
