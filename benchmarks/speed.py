@@ -19,6 +19,7 @@ Shapes: ``2d`` 4x1x256x256, ``3d`` 1x1x64^3, ``table1`` seed 001 Table 1's 1x1x1
 
     python benchmarks/speed.py [--shapes 2d 3d] [--rounds 5] [--threads N] [--device cpu]
         [--out benchmarks/results/speed.json] [--md docs/benchmarks.md] [--notes benchmarks/speed_notes.md]
+        [--overwrite]   # an existing --out or --md is kept unless --overwrite
 """
 
 from __future__ import annotations
@@ -388,7 +389,11 @@ def main() -> None:
     ap.add_argument("--md", type=Path, default=None, help="also write the report as Markdown here")
     ap.add_argument("--notes", type=Path, default=ROOT / "benchmarks" / "speed_notes.md",
                     help="hand-written analysis appended to the Markdown report (what explains each miss)")  # fmt: skip
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier --out / --md")
     args = ap.parse_args()
+    there = [str(p) for p in (args.out, args.md) if p is not None and p.exists()]
+    if there and not args.overwrite:  # before any work: an earlier result is never replaced unasked
+        raise SystemExit(f"exists already, not overwritten (use --overwrite): {', '.join(there)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

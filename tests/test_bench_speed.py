@@ -68,3 +68,20 @@ def test_rows_without_a_layout_read_as_the_layout_they_were_measured_in(speed):
     assert r[f"{speed.DEFAULT} / {speed.MONAI}, fp32, infer"] is None  # agseg's default layout was not measured
     assert r[f"{speed.DEFAULT} / {speed.MONAI}, bf16, train"] == pytest.approx(0.4 / 0.9)
     assert r[f"layout: {speed.MONAI} fp32 {speed.CL} / {speed.CONTIGUOUS}, infer"] is None
+
+
+def test_an_earlier_result_is_kept_unless_overwrite(tmp_path):
+    """speed.py refuses an existing --out or --md before any work (here before it builds a net)."""
+    import subprocess
+    import sys
+
+    out, md = tmp_path / "speed.json", tmp_path / "benchmarks.md"
+    md.write_text("mine", encoding="utf-8")
+    args = [sys.executable, str(SCRIPT), "--out", str(out), "--md", str(md), "--device", "no-such-device"]
+    res = subprocess.run(args, capture_output=True, encoding="utf-8", timeout=300)
+    assert res.returncode != 0 and "not overwritten" in res.stderr and str(md) in res.stderr
+    assert md.read_text(encoding="utf-8") == "mine" and not out.exists()
+    # with --overwrite the refusal goes away (it then stops at the unknown device, writing nothing)
+    res = subprocess.run([*args, "--overwrite"], capture_output=True, encoding="utf-8", timeout=300)
+    assert res.returncode != 0 and "not overwritten" not in res.stderr
+    assert md.read_text(encoding="utf-8") == "mine" and not out.exists()
