@@ -227,3 +227,50 @@ def test_resize_mask_stays_labels() -> None:
     r = resize_array(m, (256, 256), label=True)
     assert r.dtype == np.uint8 and set(np.unique(r)) == {0, 1, 2}
     assert abs(int((r == 1).sum()) - 100 * 75) <= 2 * 100
+
+
+def test_crop_to_mask_keeps_the_widened_box_and_inverts_in_place() -> None:
+    """A 2D image cropped to its mask's box plus 10 % of each side's size, by hand: rows 20..39 of 100 widened by
+    10 -> 10..49, columns 30..49 of 80 widened by 8 -> 22..57; the origin moves with it and invert puts every kept
+    pixel back where it was (fill outside)."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 100, 80)).astype(np.float32)
+    mask = np.zeros((100, 80), np.uint8)
+    mask[20:40, 30:50] = 1
+    geom = Geometry(spacing=(0.5, 2.0), origin=(3.0, -1.0), direction=(1.0, 0.0, 0.0, 1.0), shape=(100, 80))
+    out = Preprocessor(PreprocessConfig(crop_to_mask=0.1, intensity="none", target_size=(40, 36))).apply(
+        image, geom, mask
+    )
+    np.testing.assert_array_equal(out.image, image[:, 10:50, 22:58])
+    np.testing.assert_array_equal(out.label, mask[10:50, 22:58])
+    # origin (x, y): x moves by 22 columns of 0.5, y by 10 rows of 2.0
+    np.testing.assert_allclose(out.record.geometry.origin, (3.0 + 22 * 0.5, -1.0 + 10 * 2.0))
+    back, bg = invert(out.image[0], out.record, fill=-7.0)
+    np.testing.assert_array_equal(back[10:50, 22:58], image[0, 10:50, 22:58])
+    kept = np.zeros((100, 80), bool)
+    kept[10:50, 22:58] = True
+    assert (back[~kept] == -7.0).all() and bg.shape == (100, 80)
+
+
+def test_crop_to_mask_clips_at_the_border_keeps_an_empty_mask_whole_and_needs_a_mask() -> None:
+    image = np.arange(2 * 12 * 10, dtype=np.float32).reshape(2, 12, 10)
+    geom = Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0), shape=(12, 10))
+    pre = Preprocessor(PreprocessConfig(crop_to_mask=0.25, intensity="none", target_size=(6, 6)))
+    mask = np.zeros((12, 10), np.uint8)
+    mask[0:2, 8:10] = 2  # a corner: the widened box (3 rows, 2 columns of margin) is clipped by the image
+    out = pre.apply(image, geom, mask)
+    assert out.record.steps[0]["crop"] == [[0, 7], [6, 0]] and out.image.shape == (2, 6, 6)
+    empty = pre.apply(image, geom, np.zeros((12, 10), np.uint8))
+    assert [s["op"] for s in empty.record.steps] == ["resize"]  # nothing cropped
+    with pytest.raises(ValueError, match="crop_to_mask.*has none"):
+        pre.apply(image, geom)
+    with pytest.raises(ValueError, match="crop_to_mask"):
+        PreprocessConfig(crop_to_mask=1.0, target_size=(6, 6))
+    with pytest.raises(ValueError, match="crop_to_mask needs target_size"):
+        PreprocessConfig(crop_to_mask=0.1)
+    # off by default and then absent from the dict, so caches keyed by older configs still match
+    assert "crop_to_mask" not in PreprocessConfig().to_dict()
+    assert (
+        PreprocessConfig.from_dict(PreprocessConfig(crop_to_mask=0.05, target_size=(6, 6)).to_dict()).crop_to_mask
+        == 0.05
+    )

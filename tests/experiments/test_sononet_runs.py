@@ -127,3 +127,21 @@ def test_compare_the_two_classifier_cvs(cvs, tmp_path):
         (pair,) = list(csv.DictReader(fh))
     assert pair["n_pairs"] == "24" and pair["auc_method"] == "delong" and pair["mcnemar_method"] in ("exact", "none")
     assert "## Classifiers" in (tmp_path / "compare.md").read_text(encoding="utf-8")
+
+
+def test_a_classifier_on_images_cropped_to_their_masks_cvs_and_predict_refuses_new_images(shapes, tmp_path):
+    """preprocess.crop_to_mask: the CV crops every case (training and test) to its mask's box; agseg predict, which
+    has no masks for new images, refuses the model in one line before writing anything."""
+    cfg = _config(tmp_path / "crop.yaml", shapes, "sononet")
+    sets = ["train.epochs=1", "data.preprocess.crop_to_mask=0.1", "data.preprocess.target_size=[48,48]"]
+    res = runner.invoke(app, ["cv", str(cfg), "--out", str(tmp_path / "cv"), *(a for s in sets for a in ("--set", s))])
+    assert res.exit_code == 0, res.output
+    assert len(read_csv(tmp_path / "cv" / "metrics.csv")) == 24
+    pre = json.loads((tmp_path / "cv" / "repeat0_fold0" / "preprocess.json").read_text(encoding="utf-8"))
+    assert json.dumps(pre).count("crop_to_mask") >= 1
+    image = sorted((shapes / "images").glob("*.png"))[1]
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["predict", str(image), "--run", str(tmp_path / "cv" / "repeat0_fold0"),
+                              "--out", str(out)])  # fmt: skip
+    assert res.exit_code != 0 and "cropped to their masks" in " ".join(res.output.split())
+    assert "Traceback" not in res.output and not out.exists()

@@ -68,6 +68,10 @@ class PreprocessConfig:
             images, so a case weighs by its voxel count) or ``"working"`` (each case on the working grid, after
             ``target_spacing`` / ``target_size``, before ``crop_or_pad``, every case weighing the same: the thesis,
             "the global mean and standard deviation of the resampled dataset").
+        crop_to_mask: Before everything else, crop each image to the bounding box of its mask's foreground, widened
+            by this fraction of the image's size on every side (``0.05``: 5 %), e.g. a chest X-ray to its lung
+            fields for a classifier, then resized to ``target_size`` (required). The case must have a mask; one with an
+            empty mask is kept whole. ``None``: off.
     """
 
     target_spacing: tuple[float, ...] | None = None
@@ -80,6 +84,7 @@ class PreprocessConfig:
     mask_threshold: float | None = None
     antialias: bool = True
     global_stats: str = "original"
+    crop_to_mask: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_spacing", _tuple(self.target_spacing, float))
@@ -96,6 +101,10 @@ class PreprocessConfig:
             raise ValueError("intensity='ct_window' needs window=(lo, hi)")
         if self.window is not None and self.window[1] <= self.window[0]:
             raise ValueError(f"window must be (lo, hi) with lo < hi, got {self.window}")
+        if self.crop_to_mask is not None and not 0 <= self.crop_to_mask < 1:
+            raise ValueError(f"crop_to_mask must be a margin in [0, 1), got {self.crop_to_mask}")
+        if self.crop_to_mask is not None and self.target_size is None:
+            raise ValueError("crop_to_mask needs target_size (the crops differ in size; they are resized to it)")
         if self.keep_aspect and self.target_size is None:
             raise ValueError("keep_aspect needs target_size")
         for name in ("target_size", "crop_or_pad"):
@@ -106,10 +115,13 @@ class PreprocessConfig:
             raise ValueError(f"target_spacing must be positive, got {self.target_spacing}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-safe dict (``global_stats`` only when not the default, so older cache keys still match)."""
+        """JSON/YAML-safe dict (``global_stats`` and ``crop_to_mask`` only when not the default, so older cache keys
+        still match)."""
         d = asdict(self)
         if d["global_stats"] == "original":
             del d["global_stats"]
+        if d["crop_to_mask"] is None:
+            del d["crop_to_mask"]
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -246,6 +258,19 @@ def _apply_crop_pad(a: np.ndarray, crop: list[list[int]], pad: list[list[int]], 
     if any(b or e for b, e in pad):
         a = np.pad(a, [(0, 0)] * lead + [tuple(p) for p in pad], mode="constant", constant_values=fill)
     return np.ascontiguousarray(a)
+
+
+def mask_box_crop(mask: np.ndarray, margin: float) -> list[list[int]]:
+    """Crop amounts ``[[before, after], ...]`` per axis that keep the bounding box of ``mask > 0`` widened by
+    ``margin`` times the axis' size on each side (clipped to the array); all zeros for an empty mask."""
+    nz = np.nonzero(np.asarray(mask) > 0)
+    if not nz[0].size:
+        return [[0, 0] for _ in range(mask.ndim)]
+    crop = []
+    for idx, size in zip(nz, mask.shape, strict=True):
+        m = int(margin * size)
+        crop.append([max(0, int(idx.min()) - m), max(0, size - (int(idx.max()) + 1 + m))])
+    return crop
 
 
 def _shift_origin(g: Geometry, voxels: Sequence[int], shape: Sequence[int]) -> Geometry:
@@ -441,6 +466,26 @@ class Preprocessor:
             shift = [c[0] - p[0] for c, p in zip(crop, pad, strict=True)]
             geom = _shift_origin(geom, shift, img.shape[1:])
 
+        if cfg.crop_to_mask is not None:
+            if mask is None:
+                raise ValueError(
+                    "preprocess.crop_to_mask crops each image to its mask, and this image has none (a model trained "
+                    "this way needs the mask of every image it is given)"
+                )
+            crop = mask_box_crop(mask, cfg.crop_to_mask)
+            if any(b or e for b, e in crop):
+                steps.append(
+                    {
+                        "op": "crop_pad",
+                        "reason": "crop_to_mask",
+                        "in_shape": list(geom.shape),
+                        "crop": crop,
+                        "pad": [[0, 0]] * nd,
+                    }
+                )
+                img = _apply_crop_pad(img, crop, [[0, 0]] * nd)
+                mask = _apply_crop_pad(mask, crop, [[0, 0]] * nd)
+                geom = _shift_origin(geom, [b for b, _ in crop], img.shape[1:])
         if cfg.target_spacing is not None:
             ts = cfg.target_spacing * nd if len(cfg.target_spacing) == 1 else cfg.target_spacing
             if len(ts) != nd:

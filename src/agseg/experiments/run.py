@@ -550,10 +550,11 @@ def evaluate_cases(
     multi = list(ls.foreground) if not ls.binary else None
     suffixes = ls.column_suffixes() if multi else None
     rows = []
+    crop = predictor.pre.config.crop_to_mask is not None  # the model sees each case cropped to its mask
     for ref in tqdm(cases, desc="testing", unit="case", leave=False, disable=None if progress else True):
-        case = ref.load(with_mask=predictor.task != "classification")
+        case = ref.load(with_mask=predictor.task != "classification" or crop)
         working = grid == "working" and predictor.task != "classification"
-        pred = None if working else predictor.predict_array(case.image, case.geometry)
+        pred = None if working else predictor.predict_known_case(case.image, case.geometry, case.label)
         row: dict[str, Any] = {"case_id": case.case_id}
         if predictor.task == "classification":
             target = case_target(ref)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from agseg.data.preprocess import mask_box_crop
+
 __all__ = [
     "COMBINES",
     "Box",
@@ -361,7 +363,7 @@ def measure_localisation(
     for ref in cases:
         case = ref.load()
         pred = predictor_for(ref.case_id)
-        p = pred.predict_array(case.image.astype(np.float32), case.geometry, attention=True)
+        p = pred.predict_known_case(case.image.astype(np.float32), case.geometry, case.label, attention=True)
         if not p.attention:
             raise ValueError(f"{source}: the model returns no attention maps (a net without gates)")
         mask = np.asarray(case.label) > 0
@@ -376,7 +378,11 @@ def measure_localisation(
             row.update(dict(zip(("y0", "x0", "y1", "x1"), loc.box.as_tuple(), strict=False)))
         else:
             row["box_centre_inside"] = float("nan")
-        row["mask_share"] = float(mask.mean())  # the share a uniform map would have inside
+        # the share a uniform map would have inside: of the image, or of the crop a crop_to_mask model sees
+        margin = pred.pre.config.crop_to_mask
+        crop = [[0, 0]] * mask.ndim if margin is None else mask_box_crop(mask, margin)
+        seen = mask[tuple(slice(b, n - e) for (b, e), n in zip(crop, mask.shape, strict=True))]
+        row["mask_share"] = float(seen.mean())
         rows.append(row)
     columns = sorted({k for r in rows for k in r if k.startswith(("mass_inside", "box_", "mask_share"))})
     per_class: dict[str, dict[str, dict[str, float | int]]] = {}

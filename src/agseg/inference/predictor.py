@@ -254,6 +254,15 @@ class Predictor:
         probs, geom, att = self.probabilities(image, geometry, attention)
         return self.prediction(probs, geom, att)
 
+    def predict_known_case(
+        self, image: np.ndarray, geometry: Geometry, mask: np.ndarray | None, attention: bool = False
+    ) -> Prediction:
+        """:meth:`predict_array` for a case of a dataset, whose mask is known: a model trained with
+        ``preprocess.crop_to_mask`` sees the image cropped to it (other models ignore the mask)."""
+        crop = self.pre.config.crop_to_mask is not None
+        prepared = self.pre.apply(image, geometry, mask) if crop else None
+        return self.prediction(*self.probabilities(image, geometry, attention, prepared=prepared))
+
     def prediction(self, probs: np.ndarray, geometry: Geometry, attention: dict[str, np.ndarray]) -> Prediction:
         """A :class:`Prediction` from probabilities: labels by the label set, then :attr:`postprocess`."""
         if self.task == "classification":
@@ -394,7 +403,14 @@ class Predictor:
         Raises:
             DataError: an output that exists (without ``overwrite``), would overwrite an input, two cases writing one
                 output, or ``out_dir`` being a dataset's mask folder beside the inputs.
+            ValueError: the model crops its inputs to their masks (``preprocess.crop_to_mask``), which new images
+                do not have.
         """
+        if self.pre.config.crop_to_mask is not None:
+            raise ValueError(
+                "this model was trained on images cropped to their masks (preprocess.crop_to_mask), and agseg "
+                "predict has no mask for a new image: score it on a dataset with masks (agseg cv, agseg evaluate)"
+            )
         cases = collect_inputs(inputs, self.in_channels, self.patterns)
         out = Path(out_dir)
         _check_not_mask_folder(out, cases)
