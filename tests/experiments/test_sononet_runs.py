@@ -130,15 +130,30 @@ def test_compare_the_two_classifier_cvs(cvs, tmp_path):
 
 
 def test_a_classifier_on_images_cropped_to_their_masks_cvs_and_predict_refuses_new_images(shapes, tmp_path):
-    """preprocess.crop_to_mask: the CV crops every case (training and test) to its mask's box; agseg predict, which
-    has no masks for new images, refuses the model in one line before writing anything."""
-    cfg = _config(tmp_path / "crop.yaml", shapes, "sononet")
+    """preprocess.crop_to_mask: the CV crops every case (training and test) to its mask's box, the localisation
+    measurement too (a uniform map's share is the mask's share of that box); agseg predict, which has no masks for
+    new images, refuses the model in one line before writing anything."""
+    from agseg.inference.localise import measure_localisation
+
+    cfg = _config(tmp_path / "crop.yaml", shapes, "ag_sononet")
     sets = ["train.epochs=1", "data.preprocess.crop_to_mask=0.1", "data.preprocess.target_size=[48,48]"]
     res = runner.invoke(app, ["cv", str(cfg), "--out", str(tmp_path / "cv"), *(a for s in sets for a in ("--set", s))])
     assert res.exit_code == 0, res.output
     assert len(read_csv(tmp_path / "cv" / "metrics.csv")) == 24
     pre = json.loads((tmp_path / "cv" / "repeat0_fold0" / "preprocess.json").read_text(encoding="utf-8"))
     assert json.dumps(pre).count("crop_to_mask") >= 1
+    loc = measure_localisation(tmp_path / "cv", shapes, class_pattern=r"_(\d)$", amp="off")
+    assert loc["n_cases"] == 24
+    for row in loc["rows"]:
+        mask = np.asarray(Image.open(shapes / "masks" / f"{row['case_id']}.png")) > 0
+        ys, xs = np.nonzero(mask)
+        if not ys.size:  # class 0: an empty mask, the image kept whole
+            assert row["mask_share"] == 0 and row["target"] == 0
+            continue
+        m = int(0.1 * 64)  # the box widened by 10 % of the side, clipped to the image
+        seen = mask[max(0, ys.min() - m) : ys.max() + 1 + m, max(0, xs.min() - m) : xs.max() + 1 + m]
+        assert row["mask_share"] == pytest.approx(seen.mean()) and seen.mean() > mask.mean()
+        assert all(0 <= row[k] <= 1 for k in row if k.startswith("mass_inside"))
     image = sorted((shapes / "images").glob("*.png"))[1]
     out = tmp_path / "pred"
     res = runner.invoke(app, ["predict", str(image), "--run", str(tmp_path / "cv" / "repeat0_fold0"),
