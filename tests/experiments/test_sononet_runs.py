@@ -129,6 +129,33 @@ def test_compare_the_two_classifier_cvs(cvs, tmp_path):
     assert "## Classifiers" in (tmp_path / "compare.md").read_text(encoding="utf-8")
 
 
+def test_compare_per_group_of_cases_matches_sklearn_on_each_group(cvs, tmp_path):
+    """`--group REGEX`: each model's accuracy and ROC AUC over the cases whose id the regex puts in one group, here the
+    tens digit of the case number (shape_00N, shape_01N, shape_02N), against accuracy and sklearn's AUC by hand."""
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "cmp"
+    res = runner.invoke(app, ["compare", str(cvs["sononet"]), str(cvs["ag_sononet"]), "--group", r"^shape_0(\d)",
+                              "--out", str(out), "--no-plots"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with (out / "classifier_groups.csv").open(encoding="utf-8") as fh:
+        groups = list(csv.DictReader(fh))
+    assert [(g["group"], g["n"]) for g in groups[:3]] == [("0", "10"), ("1", "10"), ("2", "4")]
+    assert len(groups) == 6 and "By group of cases" in (out / "compare.md").read_text(encoding="utf-8")
+    for model, cv in cvs.items():
+        rows = read_csv(cv / "metrics.csv")
+        for g in (r for r in groups if r["model"] == model):
+            sub = [r for r in rows if r["case_id"][7] == g["group"]]
+            assert float(g["accuracy"]) == pytest.approx(np.mean([r["correct"] for r in sub]))
+            y = [int(r["target"]) for r in sub]
+            if len(set(y)) == 2:
+                auc = roc_auc_score(y, [r["prob_square"] for r in sub])
+                assert float(g["roc_auc"]) == pytest.approx(auc)
+    res = runner.invoke(app, ["compare", str(cvs["sononet"]), "--group", "(", "--out", str(tmp_path / "bad")])
+    assert res.exit_code != 0 and "not a valid regular expression" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_classifier_on_images_cropped_to_their_masks_cvs_and_predict_refuses_new_images(shapes, tmp_path):
     """preprocess.crop_to_mask: the CV crops every case (training and test) to its mask's box, the localisation
     measurement too (a uniform map's share is the mask's share of that box); agseg predict, which has no masks for

@@ -21,6 +21,12 @@ def compare(
     label: list[str] | None = typer.Option(
         None, "--label", "-l", help="Model name for each run, in order (repeatable); default: from config/CSV."
     ),
+    group: str | None = typer.Option(
+        None,
+        "--group",
+        help="Classifiers: also the metrics per group of cases, the group being what this regex "
+        "finds in the case id (its first group), e.g. '^(MCU|CHN)' for the two sources of the chest X-rays.",
+    ),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Folder for the tables and plots."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write one box plot per metric."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison in --out."),
@@ -39,7 +45,7 @@ def compare(
         raise typer.Exit(1)
     try:
         loaded = [run for path in runs for run in load_runs(path)]
-        comparison = compare_runs(loaded, metrics=metric or None, labels=label or None)
+        comparison = compare_runs(loaded, metrics=metric or None, labels=label or None, group=group)
         written = write_comparison(comparison, out, plots=plots, overwrite=overwrite)
     except (FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -329,6 +330,9 @@ class Comparison:
             :data:`CLASSIFIER_SUMMARY_COLUMNS` (empty otherwise).
         classifier_pairwise: for classifier runs, one dict per pair with the keys of
             :data:`~agseg.experiments.stats.CLASSIFIER_PAIRWISE_COLUMNS` (McNemar, DeLong / bootstrap).
+        classifier_groups: with ``group_pattern``, for classifier runs, one dict per model and group of cases with
+            the keys of :data:`CLASSIFIER_GROUP_COLUMNS` (pooled over the group's cases).
+        group_pattern: the regex that puts each case in a group (see :func:`case_groups`).
     """
 
     runs: list[RunMetrics]
@@ -339,6 +343,8 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     classifier_summary: list[dict[str, Any]] = field(default_factory=list)
     classifier_pairwise: list[dict[str, Any]] = field(default_factory=list)
+    classifier_groups: list[dict[str, Any]] = field(default_factory=list)
+    group_pattern: str | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -382,6 +388,7 @@ def compare_runs(
     runs: Sequence[RunMetrics | str | os.PathLike[str]],
     metrics: Sequence[str] | None = None,
     labels: Sequence[str] | None = None,
+    group: str | None = None,
 ) -> Comparison:
     """Per-model summaries and pairwise tests for every metric.
 
@@ -389,15 +396,22 @@ def compare_runs(
         runs: :class:`RunMetrics`, run directories or metrics CSVs (a CSV with several models gives several runs).
         metrics: Metrics to compare; default: those present in every run, in the first run's column order.
         labels: Model labels overriding the loaded ones, one per run (after expanding multi-model CSVs).
+        group: For classifier runs, also the metrics per group of cases, a case's group being what this regex finds
+            in its id (its first group, if it has one), e.g. ``'^(MCU|CHN)'`` for the two sources of the chest X-rays.
 
     Returns:
         The :class:`Comparison`. With one run only the summary is filled and ``notes`` says why no test was run.
 
     Raises:
         ValueError: No runs, a ``labels`` count that differs from the runs, a requested metric missing from a run,
-            or no metric common to all runs.
+            or no metric common to all runs, or a ``group`` that is not a valid regex.
         FileNotFoundError: A run path does not exist.
     """
+    if group is not None:
+        try:
+            re.compile(group)
+        except re.error as err:
+            raise ValueError(f"--group {group!r} is not a valid regular expression: {err}") from None
     loaded: list[RunMetrics] = []
     for r in runs:
         if isinstance(r, RunMetrics):
@@ -431,7 +445,7 @@ def compare_runs(
         if not metric_list:
             raise ValueError(f"no metric is common to all runs: {[(r.label, r.metrics) for r in loaded]}")
 
-    cmp = Comparison(runs=loaded, metrics=metric_list, notes=notes)
+    cmp = Comparison(runs=loaded, metrics=metric_list, notes=notes, group_pattern=group)
     for r in loaded:
         for m in metric_list:
             cmp.summary.append({"model": r.label, "metric": m, **summary_stats(r.values[m], r.repeat, r.fold)})
@@ -471,6 +485,26 @@ CLASSIFIER_SUMMARY_COLUMNS = (
 """Columns of a classifier summary row: per metric the value over all cases, and mean/std over the folds."""
 
 
+GROUP_METRICS = ("accuracy", "f1_macro", "roc_auc")
+CLASSIFIER_GROUP_COLUMNS = ("model", "group", "n", *GROUP_METRICS)
+"""Columns of a classifier's per-group row (``agseg compare --group``)."""
+
+
+def case_groups(case_ids: Sequence[str], pattern: str) -> list[str]:
+    """Each case's group: the first group of ``pattern`` searched in its id (the whole match if the regex has no
+    group), ``"other"`` where it does not match.
+
+    >>> case_groups(["CHNCXR_0001_0", "MCUCXR_0104_1", "x"], "^(MCU|CHN)")
+    ['CHN', 'MCU', 'other']
+    """
+    rx = re.compile(pattern)
+    out = []
+    for cid in case_ids:
+        m = rx.search(cid)
+        out.append("other" if m is None else (m.group(1) if rx.groups else m.group(0)))
+    return out
+
+
 def _classifier_rows(run: RunMetrics) -> list[dict[str, Any]]:
     assert run.target is not None and run.predicted is not None
     rows = []
@@ -502,6 +536,15 @@ def _compare_classifiers(cmp: Comparison) -> None:
             row[f"{m}_fold_mean"] = s["fold_mean"].get(m, math.nan)
             row[f"{m}_fold_std"] = s["fold_std"].get(m, math.nan)
         cmp.classifier_summary.append(row)
+        if cmp.group_pattern is not None:
+            rows = _classifier_rows(r)
+            groups = case_groups(r.case_id, cmp.group_pattern)
+            for g in sorted(set(groups)):
+                sub = [row for row, gi in zip(rows, groups, strict=True) if gi == g]
+                pooled = classification_summary(sub, classes)["pooled"]
+                cmp.classifier_groups.append(
+                    {"model": r.label, "group": g, "n": len(sub), **{m: pooled.get(m, math.nan) for m in GROUP_METRICS}}
+                )
     for a, b in combinations(cmp.runs, 2):
         classes = a.classes if a.classes is not None and a.classes == b.classes else None
         if a.classes != b.classes:
@@ -556,6 +599,12 @@ def classifier_markdown(comparison: Comparison) -> str:
         notes = [f"{p['model_a']} vs {p['model_b']}: {p['note']}" for p in c.classifier_pairwise if p["note"]]
         if notes:
             out += [f"- {n}" for n in notes] + [""]
+    if c.classifier_groups:
+        out += [f"### By group of cases (`--group '{c.group_pattern}'`)", "", "Over each group's test cases.", ""]
+        header = ["Model", "Group", "Cases", "Accuracy", "F1 (macro)", "ROC AUC"]
+        rows = [[g["model"], g["group"], str(g["n"]), *(format_value(g[m]) for m in GROUP_METRICS)]
+                for g in c.classifier_groups]  # fmt: skip
+        out += [md_table(header, rows), ""]
     return "\n".join(out)
 
 
@@ -563,7 +612,10 @@ def classifier_markdown(comparison: Comparison) -> str:
 
 
 #: the files a comparison writes (and an earlier one may have left)
-COMPARISON_FILES = ("summary.csv", "pairwise.csv", "compare.md", "classifier_summary.csv", "classifier_pairwise.csv")
+COMPARISON_FILES = (
+    "summary.csv", "pairwise.csv", "compare.md", "classifier_summary.csv", "classifier_pairwise.csv",
+    "classifier_groups.csv",
+)  # fmt: skip
 
 
 def comparison_outputs(out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -578,7 +630,8 @@ def write_comparison(
     comparison: Comparison, out_dir: str | os.PathLike[str], plots: bool = True, overwrite: bool = False
 ) -> list[Path]:
     """Write ``summary.csv``, ``pairwise.csv``, ``compare.md`` and ``boxplot_<metric>.png`` into ``out_dir`` (and, for
-    classifier runs, ``classifier_summary.csv`` and ``classifier_pairwise.csv``).
+    classifier runs, ``classifier_summary.csv``, ``classifier_pairwise.csv`` and, with a group pattern,
+    ``classifier_groups.csv``).
 
     Every file is written atomically (temporary file in ``out_dir``, then ``os.replace``).
 
@@ -616,6 +669,8 @@ def write_comparison(
             ("classifier_summary.csv", csv_text(CLASSIFIER_SUMMARY_COLUMNS, comparison.classifier_summary)),
             ("classifier_pairwise.csv", csv_text(CLASSIFIER_PAIRWISE_COLUMNS, comparison.classifier_pairwise)),
         ]
+        if comparison.classifier_groups:
+            files.append(("classifier_groups.csv", csv_text(CLASSIFIER_GROUP_COLUMNS, comparison.classifier_groups)))
     files.append(("compare.md", markdown))
     for name, text in files:
         atomic_write_text(out / name, text)
