@@ -256,3 +256,8 @@ def test_an_earlier_comparison_is_kept_unless_overwrite_and_then_nothing_stale_s
     assert res.exit_code == 1 and "--overwrite" in res.output
     names = sorted(p.name for p in write_comparison(only_dice, tmp_path / "out", overwrite=True))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names  # boxplot_hd95.png is gone
+
+
+def test_group_on_segmentation_runs_says_it_does_nothing(runs):
+    cmp = compare_runs(list(runs)[:2], group="^(a|b)")
+    assert not cmp.classifier_groups and any("--group applies to classifier runs only" in n for n in cmp.notes)

@@ -523,13 +523,16 @@ def _compare_classifiers(cmp: Comparison) -> None:
 
     kinds = [r.is_classifier for r in cmp.runs]
     if not any(kinds):
+        if cmp.group_pattern is not None:
+            cmp.notes.append("--group applies to classifier runs only: no per-group table")
         return
     if not all(kinds):
         cmp.notes.append("classifier and segmentation runs mixed: no classifier tests")
         return
     for r in cmp.runs:
         classes = r.classes or sorted(set(r.target.tolist()) | set(r.predicted.tolist()))  # type: ignore[union-attr]
-        s = classification_summary(_classifier_rows(r), classes)
+        rows = _classifier_rows(r)
+        s = classification_summary(rows, classes)
         row: dict[str, Any] = {"model": r.label, "n": len(r), "n_folds": s["n_folds"]}
         for m in CLASSIFIER_METRICS:
             row[m] = s["pooled"].get(m, math.nan)
@@ -537,10 +540,9 @@ def _compare_classifiers(cmp: Comparison) -> None:
             row[f"{m}_fold_std"] = s["fold_std"].get(m, math.nan)
         cmp.classifier_summary.append(row)
         if cmp.group_pattern is not None:
-            rows = _classifier_rows(r)
             groups = case_groups(r.case_id, cmp.group_pattern)
             for g in sorted(set(groups)):
-                sub = [row for row, gi in zip(rows, groups, strict=True) if gi == g]
+                sub = [c for c, gi in zip(rows, groups, strict=True) if gi == g]
                 pooled = classification_summary(sub, classes)["pooled"]
                 cmp.classifier_groups.append(
                     {"model": r.label, "group": g, "n": len(sub), **{m: pooled.get(m, math.nan) for m in GROUP_METRICS}}
