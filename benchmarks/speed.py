@@ -1,16 +1,16 @@
 """Speed and memory of agseg's segmentation nets side by side with MONAI's, at equal widths, in fp32 and bf16.
 
 For every net: a training step (forward, backward, SGD step) and an inference pass (eval, no_grad; agseg's nets with
-their batch norms folded, as ``agseg predict`` runs them), peak memory of each (PyTorch's allocations during the
-pass: the profiler's memory events on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA), parameters, forward
-FLOPs and the achieved GFLOP/s (a training step counted as 3x the forward FLOPs). Precisions: ``fp32`` and ``bf16``
-(bf16 autocast, agseg's default on CPUs with AMX/AVX-512 bf16). Layouts: each net runs as its framework runs it by
-default on a CPU: agseg's channels-last (the trainer's ``train.channels_last: true``, the Predictor's layout on CPUs;
-on CUDA the Predictor stays contiguous, which this script does not follow), MONAI's contiguous in fp32; in bf16 every
-net is channels-last. Extra rows measure agseg's default Attention U-Net
-contiguous and MONAI's ``AttentionUnet`` channels-last in fp32, so equal layouts are compared too. Peers at the same
-widths 16-256: MONAI's ``AttentionUnet`` (strides 2) and ``BasicUNet``. onnxruntime (fp32) runs agseg's default
-Attention U-Net exported to ONNX in the same rounds.
+their batch norms folded and, on the CPU, each conv + ReLU fused, as ``agseg predict`` runs them), peak memory of
+each (PyTorch's allocations during the pass: the profiler's memory events on the CPU,
+``torch.cuda.max_memory_allocated`` on CUDA), parameters, forward FLOPs and the achieved GFLOP/s (a training step
+counted as 3x the forward FLOPs). Precisions: ``fp32`` and ``bf16`` (bf16 autocast, agseg's default on CPUs with
+AMX/AVX-512 bf16). Layouts: each net runs as its framework runs it by default on a CPU: agseg's channels-last (the
+trainer's ``train.channels_last: true``, the Predictor's layout on CPUs; on CUDA the Predictor stays contiguous,
+which this script does not follow), MONAI's contiguous in fp32; in bf16 every net is channels-last. Extra rows
+measure agseg's default Attention U-Net contiguous and MONAI's ``AttentionUnet`` channels-last in fp32, so equal
+layouts are compared too. Peers at the same widths 16-256: MONAI's ``AttentionUnet`` (strides 2) and ``BasicUNet``.
+onnxruntime (fp32) runs agseg's default Attention U-Net exported to ONNX in the same rounds.
 
 Every (net, precision, layout, pass) is timed once per round, round-robin, the order rotated each round, after a warm-up
 round; the table gives medians, so load from other processes hits every variant alike.
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 import agseg
-from agseg.nets.fuse import fold_batchnorm
+from agseg.nets.fuse import fold_batchnorm, fuse_conv_relu
 from agseg.nets.summary import count_flops, count_parameters
 from agseg.runtime import cpu_has_fast_bf16
 
@@ -134,7 +134,10 @@ class Variant:
         self.params = count_parameters(net)
         self.flops = count_flops(net, shape)
         self.train_net = net.to(memory_format=fmt) if fmt else net
+        # agseg's nets as agseg predict runs them: norms folded, each conv + ReLU one oneDNN call on the CPU
         infer = fold_batchnorm(net)[0] if label.startswith("agseg") else copy.deepcopy(net)  # never train_net
+        if label.startswith("agseg") and device.type == "cpu":
+            infer = fuse_conv_relu(infer, inplace=True)[0]
         self.infer_net = (infer.to(memory_format=fmt) if fmt else infer).eval()
         self.x = torch.randn(shape, device=device)
         self.x = self.x.to(memory_format=fmt) if fmt else self.x
@@ -344,7 +347,8 @@ def markdown(result: dict) -> str:
         f"({env['date']}, {env['cpu']}, torch {env['torch']}, {env['threads']} thread(s), device {env['device']}, "
         f"load average at start {env['loadavg']}, {result['rounds']} rounds). Medians of interleaved rounds; widths "
         "16-32-64-128-256 for every net (FocusNet++: its own widths). `infer`: one forward in eval mode without "
-        "gradients (agseg's nets with batch norms folded, as `agseg predict` runs them); `train`: forward, backward "
+        "gradients (agseg's nets with batch norms folded and, on the CPU, each conv + ReLU one oneDNN call, as "
+        "`agseg predict` runs them); `train`: forward, backward "
         "and an SGD step. `bf16`: bf16 autocast. Layout: each net as its framework runs it by default (agseg "
         "channels-last, as its trainer and its Predictor on CPUs do; MONAI contiguous in fp32; every net "
         "channels-last in bf16), plus agseg's default net contiguous and MONAI's AttentionUnet channels-last in "

@@ -68,3 +68,61 @@ def test_unbatched_inputs_padding_modes_and_torchscript_work_as_for_nn_conv3d():
     scripted = torch.jit.script(ours)
     x = torch.randn(1, 2, 6, 6, 6)
     torch.testing.assert_close(scripted(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "conv_kw", "fmt"),
+    [
+        ((1, 8, 8, 8, 8), {"kernel_size": 3, "padding": 1}, None),  # PyTorch's heuristic: native kernel
+        ((1, 8, 8, 8, 8), {"kernel_size": 3, "padding": 1}, torch.channels_last_3d),
+        ((1, 6, 8, 8, 8), {"kernel_size": 2, "stride": 2, "bias": False}, torch.channels_last_3d),  # a gate's theta
+        ((1, 6, 8, 8, 8), {"kernel_size": 1}, None),  # 1x1, batch of one, one thread: native too
+        ((2, 4, 6, 6, 6), {"kernel_size": 3, "padding": 1}, None),  # a batch of two: oneDNN either way
+        ((1, 40, 24, 24, 8), {"kernel_size": 3, "padding": 1}, None),  # N*C*D*H > 20480: oneDNN either way
+    ],
+)
+def test_conv3d_gradients_equal_nn_conv3d(shape, conv_kw, fmt):
+    torch.manual_seed(0)
+    cin = shape[1]
+    ours, ref = Conv3d(cin, 5, **conv_kw), nn.Conv3d(cin, 5, **conv_kw)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape)
+    x = x.contiguous(memory_format=fmt) if fmt is not None else x
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-3)
+    if ours.bias is not None:
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-3)
+    if fmt is not None:
+        assert xa.grad.is_contiguous(memory_format=fmt), "the input's gradient keeps the input's layout"
+
+
+def test_the_backward_pass_stays_on_onednn_where_pytorch_takes_its_slow_path():
+    import agseg.layers as layers
+
+    ours, _ = _pair()
+    x = torch.randn(1, 8, 8, 8, 8, requires_grad=True)  # N*C*D*H = 512: PyTorch's heuristic picks its native kernel
+    assert layers._native_conv_picked(x, ours.weight, ours.stride, ours.dilation, ours.groups)
+    # convolution_backward runs the native kernel's backward inside it (no op of its own in the profile); the
+    # oneDNN tensors handed to it are what sends it to oneDNN instead
+    assert "aten::to_mkldnn" in _ops(lambda: ours(x).sum().backward())
+    big = torch.randn(1, 40, 24, 24, 8, requires_grad=True)  # N*C*D*H > 20480: PyTorch takes oneDNN itself
+    conv = Conv3d(40, 4, 3, padding=1)
+    assert not layers._native_conv_picked(big, conv.weight, conv.stride, conv.dilation, conv.groups)
+    assert "aten::to_mkldnn" not in _ops(lambda: conv(big).sum().backward())
+
+
+def test_a_frozen_conv3d_still_passes_gradients_to_its_input():
+    ours, ref = _pair()
+    ours.requires_grad_(False)
+    ref.requires_grad_(False)
+    x = torch.randn(1, 8, 8, 8, 8, requires_grad=True)
+    (ga,) = torch.autograd.grad(ours(x).sum(), x)
+    (gb,) = torch.autograd.grad(ref(x).sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
+    assert ours.weight.grad is None

@@ -1,4 +1,5 @@
-"""Batch-norm folding: the folded net computes the original's function, and the original is left untouched."""
+"""Batch-norm folding and conv + ReLU fusion: the fused net computes the original's function, the original is left
+untouched, and the fused kernel is taken only where it applies."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 import agseg
-from agseg.nets.fuse import fold_batchnorm
+from agseg.nets.fuse import ConvReLU, fold_batchnorm, fuse_conv_relu
 
 
 def _with_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -81,3 +82,72 @@ def test_folded_nets_compute_the_same_function(name, kw, shape):
     assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def _out(y):
+    return y[0] if isinstance(y, (list, tuple)) else y
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "shape"),
+    [
+        ("unet", {"channels": (4, 8, 16)}, (2, 1, 32, 32)),
+        ("attention_unet", {"channels": (4, 8, 16), "gating": "multi"}, (2, 1, 32, 32)),
+        ("attention_unet", {"channels": (4, 8, 16), "spatial_dims": 3}, (1, 1, 16, 16, 16)),
+        ("anunet", {"channels": (4, 8, 16)}, (2, 1, 32, 32)),
+    ],
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_relu_fusion_computes_the_same_function(name, kw, shape, layout):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    model = _with_statistics(agseg.create_model(name, **kw), x)
+    folded, _ = fold_batchnorm(model)
+    fused, n = fuse_conv_relu(folded)
+    assert n > 0 and sum(isinstance(m, ConvReLU) for m in fused.modules()) == n
+    assert not any(isinstance(m, ConvReLU) for m in folded.modules()), "the input net must be left as it was"
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x, folded, fused = x.to(memory_format=fmt), folded.to(memory_format=fmt), fused.to(memory_format=fmt)
+    with torch.no_grad():
+        ref, out = _out(folded(x)), _out(fused(x))
+        assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref16, out16 = _out(folded(x)).float(), _out(fused(x)).float()
+    # bf16: the same kernels' arithmetic, rounded apart; a few bf16 steps at most
+    assert (out16 - ref16).abs().max().item() <= 0.05 * max(1.0, ref16.abs().max().item())
+
+
+def test_conv_relu_takes_the_fused_kernel_only_where_it_applies(monkeypatch):
+    import agseg.nets.fuse as fuse
+
+    calls = []
+    real = fuse._pointwise_op()
+    assert real is not None, "this torch has oneDNN's fused convolution"
+    monkeypatch.setattr(fuse, "_pointwise_op", lambda: lambda *a: calls.append(a) or real(*a))
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    m = ConvReLU(conv).eval()
+    x = torch.randn(2, 3, 8, 8)
+    ref = torch.relu(conv(x)).detach()
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref, atol=1e-5)
+    assert len(calls) == 1
+    y = m(x.requires_grad_())  # gradients asked for: conv + ReLU apart, so that backward works
+    y.sum().backward()
+    assert len(calls) == 1 and conv.weight.grad is not None
+    with torch.no_grad():
+        m(torch.randn(3, 8, 8))  # unbatched
+        with torch.autocast("cpu", dtype=torch.float16):
+            m(torch.randn(2, 3, 8, 8))  # fp16 autocast: not a fused dtype here
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert m(torch.randn(2, 3, 8, 8)).dtype == torch.bfloat16
+    assert len(calls) == 2
+
+
+def test_fuse_conv_relu_pairs_only_a_relu_after_a_conv():
+    seq = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Identity(), nn.ReLU(), nn.Conv2d(2, 2, 1), nn.Sigmoid(),
+                        nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU())  # fmt: skip
+    fused, n = fuse_conv_relu(seq)
+    assert n == 1
+    assert isinstance(fused[0], ConvReLU) and isinstance(fused[2], nn.Identity)
+    assert isinstance(fused[3], nn.Conv2d) and isinstance(fused[5], nn.Conv2d) and isinstance(fused[7], nn.ReLU)

@@ -200,6 +200,7 @@ class AttentionGateBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.heads == 1:  # one gate: its output and map as they are (a cat of one tensor would copy it)
+            return self.gates[0](x, g)
         outs = [gate(x, g) for gate in self.gates]
-        y = ops.cat([o[0] for o in outs], dim=1) if self.heads > 1 else outs[0][0]
-        return self.fuse(y), ops.cat([o[1] for o in outs], dim=1)
+        return self.fuse(ops.cat([o[0] for o in outs], dim=1)), ops.cat([o[1] for o in outs], dim=1)
