@@ -29,9 +29,10 @@ from torch import nn
 from agseg.inference.bundle import BUNDLE_JSON, BUNDLE_WEIGHTS, ModelBundle, load_bundle
 from agseg.nets.base import main_output, min_input_shape_of, prune_model, spatial_dims_of
 
-__all__ = ["ONNX_FILE", "ExportError", "OnnxModel", "export_onnx", "find_onnx"]
+__all__ = ["ONNX_FILE", "PROGRAM_FILE", "ExportError", "OnnxModel", "export_onnx", "export_program", "find_onnx"]
 
 ONNX_FILE = "model.onnx"
+PROGRAM_FILE = "model.pt2"
 _EXTRA = 'the ONNX engine needs onnxruntime (and, to export, onnx and onnxscript): pip install "agseg[onnx]"'
 
 
@@ -78,6 +79,27 @@ def _check(session: Any, net: nn.Module, shape: tuple[int, ...], seed: int) -> f
     return float(np.abs(got - ref).max())
 
 
+def _prepare(source, out_dir, prune, overwrite):
+    """The checks and the graph net shared by the export formats (nothing is written here)."""
+    net, bundle = load_bundle(source)
+    out = Path(out_dir)
+    src = Path(source)
+    src_dirs = {src.resolve(), (src / "model").resolve()} if src.is_dir() else {src.parent.resolve()}
+    if out.resolve() in src_dirs:
+        raise FileExistsError(f"{out}: the export goes to a new folder, not the source's own")
+    if out.exists() and not overwrite and any(not p.name.startswith(".export-") for p in out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: choose a new folder for the export or pass --overwrite")
+    if overwrite and (out / "model" / BUNDLE_JSON).is_file():
+        raise FileExistsError(f"{out} is a run folder: export into a folder of its own")
+    level = bundle.prune if prune is None else (prune or None)
+    graph_net = prune_model(net, int(level)) if level else net
+    graph_net = _MainOutput(graph_net.eval().float()).eval()
+    shape = _example_shape(net, bundle)
+    dims = len(shape) - 2
+    dynamic = ({0: torch.export.Dim("batch", min=1), **{2 + i: torch.export.Dim.AUTO for i in range(dims)}},)
+    return net, bundle, out, level, graph_net, shape, dynamic
+
+
 def export_onnx(
     source: str | Path,
     out_dir: str | Path,
@@ -102,22 +124,7 @@ def export_onnx(
     ort = _need("onnxruntime")
     _need("onnx")
     _need("onnxscript")
-    net, bundle = load_bundle(source)
-    out = Path(out_dir)
-    src = Path(source)
-    src_dirs = {src.resolve(), (src / "model").resolve()} if src.is_dir() else {src.parent.resolve()}
-    if out.resolve() in src_dirs:
-        raise FileExistsError(f"{out}: the export goes to a new folder, not the source's own")
-    if out.exists() and not overwrite and any(not p.name.startswith(".export-") for p in out.iterdir()):
-        raise FileExistsError(f"{out} is not empty: choose a new folder for the export or pass --overwrite")
-    if overwrite and (out / "model" / BUNDLE_JSON).is_file():
-        raise FileExistsError(f"{out} is a run folder: export into a folder of its own")
-    level = bundle.prune if prune is None else (prune or None)
-    graph_net = prune_model(net, int(level)) if level else net
-    graph_net = _MainOutput(graph_net.eval().float()).eval()
-    shape = _example_shape(net, bundle)
-    dims = len(shape) - 2
-    dynamic = ({0: torch.export.Dim("batch", min=1), **{2 + i: torch.export.Dim.AUTO for i in range(dims)}},)
+    net, bundle, out, level, graph_net, shape, dynamic = _prepare(source, out_dir, prune, overwrite)
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -221,3 +228,62 @@ class OnnxModel(nn.Module):
 
     def __getstate__(self):  # pragma: no cover - a session is not picklable
         raise TypeError("an OnnxModel cannot be pickled; reopen it from its model.onnx")
+
+
+def export_program(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    prune: int | None = None,
+    atol: float = 1e-4,
+    overwrite: bool = False,
+) -> Path:
+    """Export the net as a ``torch.export`` program (``model.pt2``): PyTorch's own serialised graph.
+
+    This is the format PyTorch develops in place of TorchScript (whose ``torch.jit.script`` / ``trace`` PyTorch
+    deprecates): load it without agseg with ``torch.export.load("model.pt2").module()``, a module whose forward
+    takes a float32 ``(B, C, *spatial)`` tensor and returns the main output's logits, with dynamic batch and
+    spatial sizes, as the ONNX export. The same checks as :func:`export_onnx` before anything is kept: the program
+    must agree with the eager net within ``atol`` on an input of the export size and on one of an odd size; the
+    folder holds the bundle (``model.json`` + ``model.safetensors``) beside it.
+    """
+    net, bundle, out, level, graph_net, shape, _ = _prepare(source, out_dir, prune, overwrite)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+            program_tmp = Path(tmp) / PROGRAM_FILE
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                # an example batch of two (a batch of one would be specialised); every size dynamic where it can be
+                auto = ({i: torch.export.Dim.AUTO for i in [0, *range(2, len(shape))]},)
+                program = torch.export.export(graph_net, (torch.zeros((2, *shape[1:])),), dynamic_shapes=auto)
+            torch.export.save(program, str(program_tmp))
+            loaded = torch.export.load(str(program_tmp)).module()
+            diffs = {}
+            for seed, s in enumerate((shape, _example_shape(net, bundle, odd=True))):
+                x = torch.from_numpy(np.random.default_rng(seed).standard_normal(s).astype(np.float32))
+                with torch.no_grad():
+                    ref, got = graph_net(x).float(), loaded(x).float()
+                if got.shape != ref.shape:
+                    raise ExportError(f"the exported program's output has shape {tuple(got.shape)}, PyTorch's "
+                                      f"{tuple(ref.shape)} (input {s})")  # fmt: skip
+                diffs["x".join(map(str, s))] = float((got - ref).abs().max())
+            worst = max(diffs.values())
+            if not worst <= atol:
+                raise ExportError(f"the exported program differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: "
+                                  "not exported")  # fmt: skip
+            info = dict(bundle.info)
+            info["export"] = {"format": "torch.export", "file": PROGRAM_FILE, "prune": level, "max_abs_diff": diffs,
+                              "torch": torch.__version__}  # fmt: skip
+            exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
+            exported.save(Path(tmp), net)
+            for name in (BUNDLE_WEIGHTS, PROGRAM_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
+                (Path(tmp) / name).replace(out / name)
+    except Exception as err:
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        if isinstance(err, ExportError):
+            raise
+        raise ExportError(f"the export failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
+    return out

@@ -1,0 +1,75 @@
+"""torch.export programs (agseg export --format torch-export): the loaded program computes what the net computes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import agseg
+from agseg.cli import app
+from agseg.data.preprocess import PreprocessConfig, Preprocessor
+from agseg.inference.bundle import ModelBundle, load_bundle
+from agseg.inference.export import PROGRAM_FILE, ExportError, export_program
+
+runner = CliRunner()
+
+
+def _run(tmp_path, name, kwargs):
+    torch.manual_seed(0)
+    net = agseg.create_model(name, **kwargs)
+    with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode differs from train mode
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    bundle = ModelBundle(name, kwargs, Preprocessor(PreprocessConfig(intensity="zscore_case")).to_dict())
+    out = tmp_path / f"{name}_run" / "model"
+    out.mkdir(parents=True)
+    bundle.save(out, net)
+    return out.parent, net.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shapes"),
+    [
+        ("attention_unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16]},
+         [(3, 1, 40, 48), (1, 1, 33, 57)]),
+        ("unet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "channels": [4, 8]}, [(2, 1, 12, 16, 20)]),
+    ],
+)  # fmt: skip
+def test_the_loaded_program_computes_the_nets_function(tmp_path, name, kwargs, shapes):
+    run, net = _run(tmp_path, name, kwargs)
+    out = export_program(run, tmp_path / "exported")
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", PROGRAM_FILE, "model.safetensors"]
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))["info"]["export"]
+    assert meta["format"] == "torch.export" and max(meta["max_abs_diff"].values()) <= 1e-4
+    program = torch.export.load(str(out / PROGRAM_FILE)).module()  # no agseg needed for this
+    for shape in shapes:  # batch and sizes the export never saw
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = net(x)
+            ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+            torch.testing.assert_close(program(x), ref, rtol=1e-4, atol=1e-4)
+    again, _ = load_bundle(out)  # the folder is a PyTorch bundle as well
+    assert again.state_dict().keys() == net.state_dict().keys()
+
+
+def test_a_program_that_disagrees_is_not_kept(tmp_path):
+    run, _ = _run(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_program(run, tmp_path / "exported", atol=-1.0)  # no difference is <= -1
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_torch_export_from_the_command_line(tmp_path):
+    run, _ = _run(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
+    res = runner.invoke(app, ["export", str(run), "--format", "torch-export", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert "model.pt2" in res.output and "torch.export.load" in res.output
+    again = runner.invoke(app, ["export", str(run), "--format", "torch-export", "--out", str(tmp_path / "e")])
+    assert again.exit_code != 0 and "not empty" in again.output  # an existing export is never replaced unasked
+    bad = runner.invoke(app, ["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "f")])
+    assert bad.exit_code == 2 and "valid formats: onnx, torch-export" in bad.output
