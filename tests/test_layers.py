@@ -126,3 +126,15 @@ def test_a_frozen_conv3d_still_passes_gradients_to_its_input():
     (gb,) = torch.autograd.grad(ref(x).sum(), x)
     torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
     assert ours.weight.grad is None
+
+
+def test_a_gradient_of_a_gradient_works_as_for_nn_conv3d():
+    ours, ref = _pair()
+    x = torch.randn(1, 8, 6, 6, 6)
+    out = []
+    for conv in (ours, ref):
+        xi = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(conv(xi).square().sum(), xi, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), conv.weight)
+        out.append(gg)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-3, atol=1e-3)

@@ -79,13 +79,13 @@ class _OneDNNConv3dFunction(torch.autograd.Function):
         return torch.mkldnn_convolution(input, weight, bias, padding, stride, dilation, groups)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         input, weight = ctx.saved_tensors
         padding, stride, dilation, groups, has_bias = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
         g, x = grad_output, input
-        onednn = _native_conv_picked(input, weight, stride, dilation, groups)
+        # create_graph (a gradient of a gradient): dense tensors, whose convolution_backward is differentiable
+        onednn = not torch.is_grad_enabled() and _native_conv_picked(input, weight, stride, dilation, groups)
         if onednn:  # oneDNN tensors always take oneDNN's backward
             g, x = grad_output.contiguous().to_mkldnn(), input.contiguous().to_mkldnn()
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(

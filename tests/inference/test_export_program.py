@@ -73,3 +73,17 @@ def test_export_torch_export_from_the_command_line(tmp_path):
     assert again.exit_code != 0 and "not empty" in again.output  # an existing export is never replaced unasked
     bad = runner.invoke(app, ["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "f")])
     assert bad.exit_code == 2 and "valid formats: onnx, torch-export" in bad.output
+
+
+def test_an_overwrite_in_the_other_format_removes_the_stale_export(tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'agseg[onnx]')")
+    pytest.importorskip("onnxscript", reason="needs onnxscript (pip install 'agseg[onnx]')")
+    from agseg.inference.export import ONNX_FILE, export_onnx
+
+    run, _ = _run(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
+    out = tmp_path / "e"
+    export_onnx(run, out)
+    export_program(run, out, overwrite=True)
+    assert not (out / ONNX_FILE).exists() and (out / PROGRAM_FILE).is_file()
+    export_onnx(run, out, overwrite=True)
+    assert (out / ONNX_FILE).is_file() and not (out / PROGRAM_FILE).exists()

@@ -151,3 +151,23 @@ def test_fuse_conv_relu_pairs_only_a_relu_after_a_conv():
     assert n == 1
     assert isinstance(fused[0], ConvReLU) and isinstance(fused[2], nn.Identity)
     assert isinstance(fused[3], nn.Conv2d) and isinstance(fused[5], nn.Conv2d) and isinstance(fused[7], nn.ReLU)
+
+
+def test_conv_relu_leaves_bf16_to_pytorch_where_onednn_has_no_bf16(monkeypatch):
+    import agseg.nets.fuse as fuse
+
+    monkeypatch.setattr(fuse, "_onednn_bf16", lambda: False)
+    monkeypatch.setattr(fuse, "_pointwise_op", lambda: lambda *a: pytest.fail("the fused kernel must not be called"))
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    m = ConvReLU(conv).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x).dtype == torch.bfloat16
+
+
+def test_conv_relu_with_a_trainable_bias_only_keeps_its_gradient():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    conv.weight.requires_grad_(False)
+    m = ConvReLU(conv)
+    m(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert conv.bias.grad is not None

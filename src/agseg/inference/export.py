@@ -176,6 +176,7 @@ def _export_into(out: Path, net, graph_net, bundle: ModelBundle, level, shape, d
                           "torch": torch.__version__, "onnxruntime": ort.__version__}  # fmt: skip
         exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
         exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
+        (out / PROGRAM_FILE).unlink(missing_ok=True)  # an earlier export's other format would not match these weights
         for name in (BUNDLE_WEIGHTS, ONNX_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
             (Path(tmp) / name).replace(out / name)
 
@@ -278,6 +279,7 @@ def export_program(
                               "torch": torch.__version__}  # fmt: skip
             exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
             exported.save(Path(tmp), net)
+            (out / ONNX_FILE).unlink(missing_ok=True)  # an earlier ONNX export would not match these weights
             for name in (BUNDLE_WEIGHTS, PROGRAM_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
                 (Path(tmp) / name).replace(out / name)
     except Exception as err:

@@ -80,6 +80,15 @@ def _pointwise_op():
         return None
 
 
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; torch's own check)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:  # pragma: no cover
+        return False
+
+
 class ConvReLU(nn.Module):
     """``relu(conv(x))`` as one oneDNN convolution with a ReLU post-op, for inference on the CPU.
 
@@ -98,7 +107,8 @@ class ConvReLU(nn.Module):
         conv, w = self.conv, self.conv.weight
         if x.device.type != "cpu" or x.dim() != w.dim() or x.dim() not in (4, 5):
             return None
-        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        bias_grad = conv.bias is not None and conv.bias.requires_grad
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or bias_grad):
             return None
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             return None
@@ -108,8 +118,12 @@ class ConvReLU(nn.Module):
             return None
         if torch.is_autocast_enabled("cpu"):
             bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
-            return torch.bfloat16 if bf16 else None
-        return x.dtype if x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16) else None
+            dtype = torch.bfloat16 if bf16 else None
+        else:
+            dtype = x.dtype if x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16) else None
+        if dtype == torch.bfloat16 and not _onednn_bf16():  # oneDNN refuses bf16 there; PyTorch's own kernel works
+            return None
+        return dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = None if torch.jit.is_scripting() else self._fused_dtype(x)
