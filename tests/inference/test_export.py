@@ -6,36 +6,22 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 pytest.importorskip("onnxruntime", reason="the ONNX engine needs onnxruntime (pip install 'agseg[onnx]')")
 pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install 'agseg[onnx]')")
 
-import agseg
 from agseg.cli import app
 from agseg.data.io import Geometry, write_image
-from agseg.data.preprocess import PreprocessConfig, Preprocessor
-from agseg.inference.bundle import ModelBundle
 from agseg.inference.export import export_onnx
 from agseg.inference.predictor import Predictor
+from tests.inference.bundles import bundle_dir
 
 runner = CliRunner()
 
 
 def _bundle_dir(tmp_path, name, kwargs, seed=0, **extra):
-    torch.manual_seed(seed)
-    net = agseg.create_model(name, **kwargs)
-    with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode differs from train mode
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    bundle = ModelBundle(name, kwargs, Preprocessor(PreprocessConfig(intensity="zscore_case")).to_dict(), **extra)
-    out = tmp_path / f"{name}_run" / "model"
-    out.mkdir(parents=True)
-    bundle.save(out, net)
-    return out.parent
+    return bundle_dir(tmp_path, name, kwargs, seed, **extra)[0]
 
 
 @pytest.mark.parametrize(

@@ -8,28 +8,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import agseg
 from agseg.cli import app
-from agseg.data.preprocess import PreprocessConfig, Preprocessor
-from agseg.inference.bundle import ModelBundle, load_bundle
+from agseg.inference.bundle import load_bundle
 from agseg.inference.export import PROGRAM_FILE, ExportError, export_program
+from tests.inference.bundles import bundle_dir
 
 runner = CliRunner()
 
 
 def _run(tmp_path, name, kwargs):
-    torch.manual_seed(0)
-    net = agseg.create_model(name, **kwargs)
-    with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode differs from train mode
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    bundle = ModelBundle(name, kwargs, Preprocessor(PreprocessConfig(intensity="zscore_case")).to_dict())
-    out = tmp_path / f"{name}_run" / "model"
-    out.mkdir(parents=True)
-    bundle.save(out, net)
-    return out.parent, net.eval()
+    return bundle_dir(tmp_path, name, kwargs)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -69,18 +68,21 @@ def _example_shape(net: nn.Module, bundle: ModelBundle, odd: bool = False) -> tu
     return (1, int(bundle.model_kwargs.get("in_channels", 1)), *size)
 
 
-def _check(session: Any, net: nn.Module, shape: tuple[int, ...], seed: int) -> float:
+def _check(run, net: nn.Module, shape: tuple[int, ...], seed: int, label: str) -> float:
+    """Largest difference between ``run`` (the exported graph) and the eager ``net`` on a random input of ``shape``."""
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
     with torch.no_grad():
         ref = net(x).float().numpy()
-    got = session.run(None, {"image": x.numpy()})[0]
+    got = np.asarray(run(x))
     if got.shape != ref.shape:
-        raise ExportError(f"onnxruntime's output has shape {got.shape}, PyTorch's {ref.shape} (input {shape})")
+        raise ExportError(f"{label}'s output has shape {got.shape}, PyTorch's {ref.shape} (input {shape})")
     return float(np.abs(got - ref).max())
 
 
-def _prepare(source, out_dir, prune, overwrite):
-    """The checks and the graph net shared by the export formats (nothing is written here)."""
+def _export(source, out_dir, prune, atol, overwrite, *, file: str, label: str, write, extra: dict) -> Path:
+    """The export flow both formats share: the folder checks, the graph net, ``write(graph_net, shape, dynamic, path)
+    -> run`` into a temporary folder, the check of ``run`` against PyTorch on two inputs, the bundle beside it, and
+    the files moved into ``out_dir`` only then (nothing of a failed export stays behind)."""
     net, bundle = load_bundle(source)
     out = Path(out_dir)
     src = Path(source)
@@ -95,9 +97,33 @@ def _prepare(source, out_dir, prune, overwrite):
     graph_net = prune_model(net, int(level)) if level else net
     graph_net = _MainOutput(graph_net.eval().float()).eval()
     shape = _example_shape(net, bundle)
-    dims = len(shape) - 2
-    dynamic = ({0: torch.export.Dim("batch", min=1), **{2 + i: torch.export.Dim.AUTO for i in range(dims)}},)
-    return net, bundle, out, level, graph_net, shape, dynamic
+    dynamic = ({0: torch.export.Dim("batch", min=1), **{2 + i: torch.export.Dim.AUTO for i in range(len(shape) - 2)}},)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+            run = write(graph_net, shape, dynamic, Path(tmp) / file)
+            diffs = {"x".join(map(str, s)): _check(run, graph_net, s, seed, label) for seed, s in
+                     enumerate((shape, _example_shape(net, bundle, odd=True)))}  # fmt: skip
+            worst = max(diffs.values())
+            if not worst <= atol:
+                raise ExportError(f"{label} differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: not exported")
+            info = dict(bundle.info)
+            info["export"] = {**extra, "file": file, "prune": level, "max_abs_diff": diffs, "torch": torch.__version__}
+            exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
+            exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
+            for stale in {ONNX_FILE, PROGRAM_FILE} - {file}:  # an earlier export's other format: not these weights
+                (out / stale).unlink(missing_ok=True)
+            for name in (BUNDLE_WEIGHTS, file, BUNDLE_JSON):  # model.json last: a folder with it is complete
+                (Path(tmp) / name).replace(out / name)
+    except Exception as err:
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        if isinstance(err, ExportError):
+            raise
+        what = "ONNX export" if file == ONNX_FILE else "export"
+        raise ExportError(f"the {what} failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
+    return out
 
 
 def export_onnx(
@@ -124,18 +150,19 @@ def export_onnx(
     ort = _need("onnxruntime")
     _need("onnx")
     _need("onnxscript")
-    net, bundle, out, level, graph_net, shape, dynamic = _prepare(source, out_dir, prune, overwrite)
-    made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        _export_into(out, net, graph_net, bundle, level, shape, dynamic, atol, ort)
-    except Exception as err:
-        if made and not any(out.iterdir()):
-            out.rmdir()  # nothing of a failed export stays behind
-        if isinstance(err, ExportError):
-            raise
-        raise ExportError(f"the ONNX export failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
-    return out
+
+    def write(graph_net, shape, dynamic, path: Path):
+        with warnings.catch_warnings(), torch.no_grad(), _quiet("torch.onnx", "onnx_ir", "onnxscript"):
+            warnings.simplefilter("ignore")  # no_grad: no autograd-only ops (ops.dense_grad) traced
+            torch.onnx.export(
+                graph_net, (torch.zeros(shape),), str(path), input_names=["image"], output_names=["logits"],
+                dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False,
+            )  # fmt: skip
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {"image": x.numpy()})[0]
+
+    return _export(source, out_dir, prune, atol, overwrite, file=ONNX_FILE, label="onnxruntime", write=write,
+                   extra={"format": "onnx", "onnxruntime": ort.__version__})  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -154,31 +181,6 @@ def _quiet(*names: str):
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def _export_into(out: Path, net, graph_net, bundle: ModelBundle, level, shape, dynamic, atol: float, ort) -> None:
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        onnx_tmp = Path(tmp) / ONNX_FILE
-        with warnings.catch_warnings(), torch.no_grad(), _quiet("torch.onnx", "onnx_ir", "onnxscript"):
-            warnings.simplefilter("ignore")  # no_grad: no autograd-only ops (ops.dense_grad) traced
-            torch.onnx.export(
-                graph_net, (torch.zeros(shape),), str(onnx_tmp), input_names=["image"], output_names=["logits"],
-                dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False,
-            )  # fmt: skip
-        session = ort.InferenceSession(str(onnx_tmp), providers=["CPUExecutionProvider"])
-        diffs = {"x".join(map(str, s)): _check(session, graph_net, s, seed) for seed, s in
-                 enumerate((shape, _example_shape(net, bundle, odd=True)))}  # fmt: skip
-        worst = max(diffs.values())
-        if not worst <= atol:
-            raise ExportError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: not exported")
-        info = dict(bundle.info)
-        info["export"] = {"format": "onnx", "file": ONNX_FILE, "prune": level, "max_abs_diff": diffs,
-                          "torch": torch.__version__, "onnxruntime": ort.__version__}  # fmt: skip
-        exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
-        exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
-        (out / PROGRAM_FILE).unlink(missing_ok=True)  # an earlier export's other format would not match these weights
-        for name in (BUNDLE_WEIGHTS, ONNX_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
-            (Path(tmp) / name).replace(out / name)
 
 
 def find_onnx(source: str | Path) -> tuple[Path, ModelBundle]:
@@ -248,44 +250,21 @@ def export_program(
     must agree with the eager net within ``atol`` on an input of the export size and on one of an odd size; the
     folder holds the bundle (``model.json`` + ``model.safetensors``) beside it.
     """
-    net, bundle, out, level, graph_net, shape, _ = _prepare(source, out_dir, prune, overwrite)
-    made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-            program_tmp = Path(tmp) / PROGRAM_FILE
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                # an example batch of two (a batch of one would be specialised); every size dynamic where it can be
-                auto = ({i: torch.export.Dim.AUTO for i in [0, *range(2, len(shape))]},)
-                program = torch.export.export(graph_net, (torch.zeros((2, *shape[1:])),), dynamic_shapes=auto)
-            torch.export.save(program, str(program_tmp))
-            loaded = torch.export.load(str(program_tmp)).module()
-            diffs = {}
-            for seed, s in enumerate((shape, _example_shape(net, bundle, odd=True))):
-                x = torch.from_numpy(np.random.default_rng(seed).standard_normal(s).astype(np.float32))
-                with torch.no_grad():
-                    ref, got = graph_net(x).float(), loaded(x).float()
-                if got.shape != ref.shape:
-                    raise ExportError(f"the exported program's output has shape {tuple(got.shape)}, PyTorch's "
-                                      f"{tuple(ref.shape)} (input {s})")  # fmt: skip
-                diffs["x".join(map(str, s))] = float((got - ref).abs().max())
-            worst = max(diffs.values())
-            if not worst <= atol:
-                raise ExportError(f"the exported program differs from PyTorch by {worst:.3g} (> {atol:g}) on {diffs}: "
-                                  "not exported")  # fmt: skip
-            info = dict(bundle.info)
-            info["export"] = {"format": "torch.export", "file": PROGRAM_FILE, "prune": level, "max_abs_diff": diffs,
-                              "torch": torch.__version__}  # fmt: skip
-            exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
-            exported.save(Path(tmp), net)
-            (out / ONNX_FILE).unlink(missing_ok=True)  # an earlier ONNX export would not match these weights
-            for name in (BUNDLE_WEIGHTS, PROGRAM_FILE, BUNDLE_JSON):  # model.json last: a folder with it is complete
-                (Path(tmp) / name).replace(out / name)
-    except Exception as err:
-        if made and not any(out.iterdir()):
-            out.rmdir()
-        if isinstance(err, ExportError):
-            raise
-        raise ExportError(f"the export failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
-    return out
+
+    def write(graph_net, shape, dynamic, path: Path):
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            # an example batch of two (a batch of one would be specialised); every size dynamic where it can be
+            auto = ({i: torch.export.Dim.AUTO for i in [0, *range(2, len(shape))]},)
+            program = torch.export.export(graph_net, (torch.zeros((2, *shape[1:])),), dynamic_shapes=auto)
+        torch.export.save(program, str(path))
+        loaded = torch.export.load(str(path)).module()  # what a user loads, not the program in memory
+
+        def run(x):
+            with torch.no_grad():
+                return loaded(x).float().numpy()
+
+        return run
+
+    return _export(source, out_dir, prune, atol, overwrite, file=PROGRAM_FILE, label="the exported program",
+                   write=write, extra={"format": "torch.export"})  # fmt: skip
