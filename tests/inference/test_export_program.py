@@ -75,3 +75,26 @@ def test_an_overwrite_in_the_other_format_removes_the_stale_export(tmp_path):
     assert not (out / ONNX_FILE).exists() and (out / PROGRAM_FILE).is_file()
     export_onnx(run, out, overwrite=True)
     assert (out / ONNX_FILE).is_file() and not (out / PROGRAM_FILE).exists()
+
+
+def test_an_overwrite_that_fails_while_moving_leaves_no_mixed_export(tmp_path, monkeypatch):
+    """The old model.json never describes new files: a failure after the first file moved leaves the folder without
+    one (incomplete, which load_bundle refuses), not an old description beside new weights."""
+    import pathlib
+
+    run, _ = _run(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
+    out = tmp_path / "e"
+    export_program(run, out)
+    real = pathlib.Path.replace
+
+    def replace(self, target):
+        if pathlib.Path(target).name == PROGRAM_FILE:
+            raise OSError("disk full")
+        return real(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace)
+    with pytest.raises(ExportError, match="disk full"):
+        export_program(run, out, overwrite=True)
+    assert not (out / "model.json").exists()
+    with pytest.raises(Exception, match="model.json"):
+        load_bundle(out)

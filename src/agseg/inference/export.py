@@ -112,7 +112,9 @@ def _export(source, out_dir, prune, atol, overwrite, *, file: str, label: str, w
             info["export"] = {**extra, "file": file, "prune": level, "max_abs_diff": diffs, "torch": torch.__version__}
             exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
             exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
-            for stale in {ONNX_FILE, PROGRAM_FILE} - {file}:  # an earlier export's other format: not these weights
+            # an earlier export's model.json goes first: should a move below fail, the folder is incomplete (no
+            # model.json) rather than an old description beside new weights; its other format goes too
+            for stale in {BUNDLE_JSON, ONNX_FILE, PROGRAM_FILE} - {file}:
                 (out / stale).unlink(missing_ok=True)
             for name in (BUNDLE_WEIGHTS, file, BUNDLE_JSON):  # model.json last: a folder with it is complete
                 (Path(tmp) / name).replace(out / name)
