@@ -138,3 +138,26 @@ def test_a_gradient_of_a_gradient_works_as_for_nn_conv3d():
         (gg,) = torch.autograd.grad(g.square().sum(), conv.weight)
         out.append(gg)
     torch.testing.assert_close(out[0], out[1], rtol=1e-3, atol=1e-3)
+
+
+def test_torch_func_transforms_work_as_for_nn_conv3d():
+    """torch.func.grad and vmap (per-sample gradients, as in differential privacy) used to fail on the oneDNN autograd
+    Function ("must override the setup_context staticmethod")."""
+    from torch.func import functional_call, grad, vmap
+
+    ours, ref = _pair()
+    x = torch.randn(3, 8, 6, 6, 6)
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+
+    def per_sample(conv):
+        def loss(p, xi):
+            return functional_call(conv, p, (xi[None],)).square().sum()
+
+        return vmap(grad(loss), in_dims=(None, 0))(params, x)
+
+    a, b = per_sample(ours), per_sample(ref)
+    for k in params:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        vmap(lambda xi: ours(xi[None]))(x), vmap(lambda xi: ref(xi[None]))(x), rtol=1e-4, atol=1e-4
+    )

@@ -56,7 +56,15 @@ def _onednn_ok(input: torch.Tensor, weight: torch.Tensor, zero_padded: bool) -> 
         and not torch.is_autocast_enabled("cpu")
         and not _tracing()
         and not _dispatch_mode_active()
+        and not _functorch_wrapped(input, weight)
     )
+
+
+def _functorch_wrapped(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jvp, ...) is running on these tensors: there :class:`Conv3d`
+    computes what ``nn.Conv3d`` does, as its oneDNN autograd Function does not support the transforms."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(wrapped(t) for t in tensors)
 
 
 def _native_conv_picked(input: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
