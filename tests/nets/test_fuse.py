@@ -171,3 +171,30 @@ def test_conv_relu_with_a_trainable_bias_only_keeps_its_gradient():
     m = ConvReLU(conv)
     m(torch.randn(2, 3, 8, 8)).sum().backward()
     assert conv.bias.grad is not None
+
+
+class _StandardisedConv(nn.Conv2d):
+    """A conv whose forward is not a plain convolution (weight standardisation): folding a norm into its weights, or
+    running its arithmetic as oneDNN's plain convolution, would change what it computes."""
+
+    def forward(self, x):
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / self.weight.std((1, 2, 3), keepdim=True)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_a_conv_that_overrides_forward_is_neither_folded_nor_fused():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        _StandardisedConv(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU()
+    )
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.randn(2, 2, 8, 8)
+    folded, n_folded = fold_batchnorm(net)
+    fused, n_fused = fuse_conv_relu(folded)
+    assert (n_folded, n_fused) == (0, 1)  # only the plain 1x1 conv and its ReLU
+    assert type(fused[0]) is _StandardisedConv and isinstance(fused[3], ConvReLU)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-5)

@@ -7,7 +7,8 @@ memory-bound there, so inference gets measurably faster (``benchmarks/speed.py``
 rounding (``tests/nets/test_fuse.py``).
 
 Only pairs that are adjacent children of an ``nn.Sequential`` are folded (every ``ConvNormAct`` of agseg and the
-gates' ``Conv, BN`` pairs); anything else is left as it is, so the folded net computes the same function for every
+gates' ``Conv, BN`` pairs), and only plain convolutions (a subclass that overrides ``forward`` is not one);
+anything else is left as it is, so the folded net computes the same function for every
 model, ours or not. Transposed convolutions and norms without running statistics are skipped.
 
 :func:`fuse_conv_relu` goes one step further on the CPU: a convolution followed (after folding) by a ReLU becomes one
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from agseg.layers import _dispatch_mode_active, _tracing
+from agseg.layers import Conv3d, _dispatch_mode_active, _tracing
 
 __all__ = ["ConvReLU", "fold_batchnorm", "fuse_conv_relu"]
 
@@ -36,9 +37,20 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _plain_conv(conv: nn.Module) -> bool:
+    """Whether ``conv`` computes a plain convolution: an ``nn.Conv1d/2d/3d`` (or agseg's ``Conv3d``) whose class
+    keeps their ``forward``. A subclass that changes it (weight standardisation, a scaled output, ...) is neither
+    folded nor fused, since both rewrite the arithmetic of a plain convolution."""
+    base = next((c for c in _CONVS if isinstance(conv, c)), None)
+    if base is None:
+        return False
+    cls = type(conv)
+    return cls.forward is base.forward and cls._conv_forward in (base._conv_forward, Conv3d._conv_forward)
+
+
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     return (
-        isinstance(conv, _CONVS)
+        _plain_conv(conv)
         and type(norm) in _NORMS
         and norm.track_running_stats
         and norm.running_mean is not None
@@ -154,10 +166,10 @@ def fuse_conv_relu(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, 
         names = list(seq._modules)
         for i, name in enumerate(names):
             conv = seq._modules[name]
-            if not isinstance(conv, _CONVS):
+            if not _plain_conv(conv):
                 continue
             j = i + 1
-            while j < len(names) and isinstance(seq._modules[names[j]], nn.Identity):
+            while j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
                 j += 1
             if j < len(names) and type(seq._modules[names[j]]) is nn.ReLU:
                 seq._modules[name] = ConvReLU(conv)
