@@ -239,3 +239,26 @@ def test_naming_the_earlier_decoder_default_is_no_change_for_a_run_saved_without
     assert config_changes(old, tiny_cfg(cxr, **{"model.up_mode": "transpose"})) == [
         "model.up_mode: None -> 'transpose'"
     ]
+
+
+def test_cv_init_from_another_cv_maps_fold_to_fold_and_refuses_leaking_splits(cxr, tmp_path):
+    """Seed 003's AG-Sononet-from-Sononet, measured by CV: each fold starts from the same fold's model of the source
+    CV; a source on other splits (whose models trained on this fold's test cases) is refused before training."""
+    shared = tmp_path / "splits.json"
+    run_cv(tiny_cfg(cxr, name="u"), tmp_path / "u", folds=[0, 1], splits=shared)
+    res = run_cv(tiny_cfg(cxr, name="a", model="attention_unet"), tmp_path / "a", folds=[0, 1], splits=shared,
+                 init_from=tmp_path / "u")  # fmt: skip
+    assert res.folds_done == 2
+    for f in (0, 1):
+        info = json.loads((tmp_path / "a" / f"repeat0_fold{f}" / "init_from.json").read_text(encoding="utf-8"))
+        assert info["source"] == str(tmp_path / "u" / f"repeat0_fold{f}" / "model" / "model.safetensors")
+        assert info["loaded"]
+    with pytest.raises(FileNotFoundError, match="repeat0_fold2 has no trained model"):
+        run_cv(tiny_cfg(cxr, name="b"), tmp_path / "b", folds=[2], splits=shared, init_from=tmp_path / "u")
+    other = tiny_cfg(cxr, name="c", seed=5)  # another seed: other folds over the same 9 cases
+    with pytest.raises(ValueError, match="would leak them"):
+        run_cv(other, tmp_path / "c", init_from=tmp_path / "u")
+    assert not list((tmp_path / "c").glob("repeat*"))  # no fold trained
+    res = runner.invoke(app, ["cv", str(tmp_path / "u" / "config.yaml"), "--out", str(tmp_path / "d"),
+                              "--init-from", str(tmp_path / "nowhere")])  # fmt: skip
+    assert res.exit_code == 1 and "no such file or folder" in res.output

@@ -121,6 +121,9 @@ def cv(
     splits: Path | None = typer.Option(None, help="Reuse this splits.json (paired comparisons across models)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. train.epochs=5."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier CV in --out (it is deleted)."),
+    init_from: Path | None = typer.Option(
+        None, help="Start each fold from the same fold's model of this CV folder (same splits), or from one run/file."
+    ),
 ) -> None:
     """k-fold (x repeats) cross-validation: train, predict the test fold, per-case metrics, summary.
 
@@ -137,7 +140,7 @@ def cv(
     out_dir = out or Path("runs") / f"{cfg.name}_cv"
     distributed = _join_torchrun(cfg.train.device)
     try:
-        res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits, overwrite=overwrite)
+        res = run_cv(cfg, out_dir, folds=fold, repeats=repeat, splits=splits, overwrite=overwrite, init_from=init_from)
     except _known_errors() as err:
         fail(_msg(err), _code(err))
     if distributed and not _is_main():

@@ -608,8 +608,15 @@ def run_cv(
     splits: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
 ) -> CVResult:
     """k-fold (x repeats) cross-validation of ``cfg``: per fold train, predict the test fold, per-case metrics.
+
+    ``init_from`` starts every fold from other weights where they fit (as :func:`train_model`). Another CV folder
+    maps fold to fold (seed 003's AG-Sononet from a trained Sononet, measured by CV): each fold starts from the same
+    fold's model there, and is refused when that model trained or chose its epoch on any of this fold's test cases
+    (other splits). A run folder or weights file starts every fold from the same weights, which must not have seen
+    this data's test cases (that cannot be checked here).
 
     Splits are seeded and grouped by patient, saved as ``splits.json`` and reused: pass the same ``splits`` file to
     every model of a comparison so the statistics are paired. Finished folds (``metrics.csv`` present) are not
@@ -651,6 +658,11 @@ def run_cv(
         raise ValueError(
             f"no fold selected: folds {folds}, repeats {repeats} of a {plan.n_repeats}x{plan.n_folds} plan"
         )
+    sources = _init_sources(init_from, selected)
+    if sources and rank == 0:
+        _write_json(
+            out / "init_from.json", {"source": str(init_from), "folds": {k: str(v) for k, v in sources.items()}}
+        )
     for i, fold in enumerate(selected, 1):
         fdir = out / _fold_name(fold.repeat, fold.fold)
         if (fdir / "metrics.csv").is_file():
@@ -660,7 +672,7 @@ def run_cv(
                  len(fold.test))  # fmt: skip
         run = train_model(
             cfg, fdir, [by_id[c] for c in fold.train], [by_id[c] for c in fold.val], resume=True,
-            label_set=label_set, index=index, extra_allowed=(), cache=cache,
+            label_set=label_set, index=index, extra_allowed=(), cache=cache, init_from=sources.get(fdir.name),
         )  # fmt: skip
         if rank != 0:  # torchrun: rank 0 tests the fold and writes its tables
             barrier()
@@ -691,6 +703,40 @@ def run_cv(
 
         cv_postprocessing(out, progress=progress)
     return result
+
+
+def _init_sources(init_from: str | Path | None, selected: Sequence[Any]) -> dict[str, Path]:
+    """Fold folder name -> the weights it starts from (see :func:`run_cv`); checked before any fold trains."""
+    if init_from is None:
+        return {}
+    src = Path(init_from)
+    if not src.exists():
+        raise FileNotFoundError(f"--init-from {src}: no such file or folder")
+    if not (src.is_dir() and (src / "splits.json").is_file() and not (src / "model").is_dir()):
+        return {_fold_name(f.repeat, f.fold): src for f in selected}  # one run or file for every fold
+    theirs = SplitPlan.from_json(src / "splits.json")
+    sources = {}
+    for f in selected:
+        name = _fold_name(f.repeat, f.fold)
+        try:
+            g = theirs.get(f.repeat, f.fold)
+        except KeyError:
+            raise ValueError(
+                f"--init-from {src}: no {name} there (a {theirs.n_repeats}x{theirs.n_folds} plan): run both CVs on "
+                "one splits.json (--splits)"
+            ) from None
+        seen = sorted((set(g.train) | set(g.val)) & set(f.test))
+        if seen:
+            raise ValueError(
+                f"--init-from {src}: its {name} model trained or chose its epoch on {len(seen)} of this fold's test "
+                f"cases (e.g. {seen[0]}), so its weights would leak them: run this CV with --splits "
+                f"{src / 'splits.json'}"
+            )
+        weights = src / name / "model" / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"--init-from {src}: {name} has no trained model yet ({weights} is missing)")
+        sources[name] = src / name
+    return sources
 
 
 def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | None = None) -> CVResult:
