@@ -256,9 +256,54 @@ def test_cv_init_from_another_cv_maps_fold_to_fold_and_refuses_leaking_splits(cx
     with pytest.raises(FileNotFoundError, match="repeat0_fold2 has no trained model"):
         run_cv(tiny_cfg(cxr, name="b"), tmp_path / "b", folds=[2], splits=shared, init_from=tmp_path / "u")
     other = tiny_cfg(cxr, name="c", seed=5)  # another seed: other folds over the same 9 cases
-    with pytest.raises(ValueError, match="would leak them"):
+    with pytest.raises(ValueError, match="would leak them") as err:
         run_cv(other, tmp_path / "c", init_from=tmp_path / "u")
-    assert not list((tmp_path / "c").glob("repeat*"))  # no fold trained
+    assert not (tmp_path / "c").exists()  # refused before anything was written: a retry needs no --overwrite
+    assert "--set seed=0" in str(err.value)  # the advice: the source's seed, not only its splits.json
+    followed = tiny_cfg(cxr, name="c", seed=0)  # the advice, followed
+    assert run_cv(followed, tmp_path / "c", folds=[0], init_from=tmp_path / "u", splits=shared).folds_done == 1
     res = runner.invoke(app, ["cv", str(tmp_path / "u" / "config.yaml"), "--out", str(tmp_path / "d"),
                               "--init-from", str(tmp_path / "nowhere")])  # fmt: skip
     assert res.exit_code == 1 and "no such file or folder" in res.output
+
+
+def test_cv_init_from_one_fold_of_another_cv_is_checked_against_every_fold(cxr, tmp_path):
+    """A fold folder, its model/ or its weights file, given as --init-from, would start every fold from a model that
+    trained on other folds' test cases: refused from the run's split.json, before anything is written. A run whose
+    cases are none of a fold's test cases is accepted."""
+    shared = tmp_path / "splits.json"
+    run_cv(tiny_cfg(cxr, name="u"), tmp_path / "u", folds=[0], splits=shared)
+    fold0 = tmp_path / "u" / "repeat0_fold0"
+    for src in (fold0, fold0 / "model", fold0 / "model" / "model.safetensors", fold0 / "checkpoints" / "last.pt"):
+        with pytest.raises(ValueError, match="repeat0_fold1's test cases"):
+            run_cv(tiny_cfg(cxr, name="a"), tmp_path / "a", folds=[1], splits=shared, init_from=src)
+        assert not (tmp_path / "a").exists()
+    res = run_cv(tiny_cfg(cxr, name="a"), tmp_path / "a", folds=[0], splits=shared, init_from=fold0)  # its own fold
+    assert res.folds_done == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weights there"):
+        run_cv(tiny_cfg(cxr, name="b"), tmp_path / "b", folds=[0], splits=shared, init_from=tmp_path / "empty")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_cv_keeps_the_starting_weights_it_began_with(cxr, tmp_path):
+    """Resuming a CV, or adding folds to it, from other starting weights (or none) would mix them in one table:
+    refused; the same source resumes, and the record keeps every fold's source."""
+    shared = tmp_path / "splits.json"
+    run_cv(tiny_cfg(cxr, name="u"), tmp_path / "u", folds=[0, 1], splits=shared)
+    run_cv(tiny_cfg(cxr, name="v", **{"train.lr": 0.01}), tmp_path / "v", folds=[0, 1], splits=shared)
+    cfg = tiny_cfg(cxr, name="a")
+    run_cv(cfg, tmp_path / "a", folds=[0], splits=shared, init_from=tmp_path / "u")
+    with pytest.raises(ValueError, match="pass --init-from"):
+        run_cv(cfg, tmp_path / "a", folds=[1], splits=shared)
+    with pytest.raises(ValueError, match="not .*v"):
+        run_cv(cfg, tmp_path / "a", folds=[1], splits=shared, init_from=tmp_path / "v")
+    assert not (tmp_path / "a" / "repeat0_fold1").exists()
+    run_cv(cfg, tmp_path / "a", folds=[1], splits=shared, init_from=tmp_path / "u")
+    record = json.loads((tmp_path / "a" / "init_from.json").read_text(encoding="utf-8"))
+    assert record["resolved"] == str((tmp_path / "u").resolve())
+    assert sorted(record["folds"]) == ["repeat0_fold0", "repeat0_fold1"]
+    assert run_cv(cfg, tmp_path / "a", folds=[0, 1], splits=shared).folds_done == 2  # gathering trains nothing
+    run_cv(cfg, tmp_path / "s", folds=[0], splits=shared)  # from scratch
+    with pytest.raises(ValueError, match="started from scratch"):
+        run_cv(cfg, tmp_path / "s", folds=[1], splits=shared, init_from=tmp_path / "u")

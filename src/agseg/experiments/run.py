@@ -46,6 +46,7 @@ from agseg.data.label_set import LabelSet, count_labels, declared_labels, resolv
 from agseg.data.preprocess import Preprocessor, invert
 from agseg.data.torch_dataset import ClassificationDataset, SegmentationDataset, case_target
 from agseg.experiments.evaluate import case_metrics
+from agseg.experiments.init_from import INIT_RECORD, check_init_record, cv_init_sources, fold_name, weights_file
 from agseg.experiments.splits import SplitPlan, load_or_create_splits, make_splits
 from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import ModelBundle
@@ -340,6 +341,7 @@ def train_model(
     run_dir = Path(run_dir)
     resolve_device(cfg.train.device)  # a device that is not here fails before anything is written
     check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed))
+    source = weights_file(init_from) if init_from is not None else None  # a missing source: before any write
     set_threads(cfg.train.threads)
     cache = cache or _cache(cfg, run_dir)
     check_data(cfg, [*train_cases, *val_cases], cache)
@@ -372,13 +374,6 @@ def train_model(
     torch.manual_seed(cfg.seed)
     model = create_model(name, **kwargs)
     last = run_dir / "checkpoints" / "last.pt"
-    source = None
-    if init_from is not None:
-        source = Path(init_from)
-        if source.is_dir():
-            source = (
-                source / "model" / "model.safetensors" if (source / "model").is_dir() else source / "model.safetensors"
-            )
     source_state = load_state_dict_file(source) if source is not None else None
     # a run started under earlier model defaults continues with its own net; an init-from source saved under them
     # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit). Only
@@ -596,10 +591,6 @@ class CVResult:
     seconds: float
 
 
-def _fold_name(repeat: int, fold: int) -> str:
-    return f"repeat{repeat}_fold{fold}"
-
-
 def run_cv(
     cfg: ExperimentConfig,
     out_dir: str | Path,
@@ -633,24 +624,18 @@ def run_cv(
     check_data(cfg, list(index), cache)
     label_set, counts = experiment_label_set(cfg, list(index), cache, index)
     rank = world()[0]
-    barrier()  # torchrun: every process has checked the folder before rank 0 writes into it
     by_id = {c.case_id: c for c in index}
     ids = list(by_id)
     groups = [c.patient_id or c.case_id for c in index]
     split_path = Path(splits or cfg.cv.splits or out / "splits.json")
     split_args = {"n_folds": cfg.cv.folds, "n_repeats": cfg.cv.repeats, "seed": cfg.seed,
                   "val_fraction": cfg.cv.val_fraction, "strata": _strata(cfg, index)}  # fmt: skip
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        _write_json(out / "env.json", environment())
-        _write_json(out / "labels.json", _labels_record(label_set, counts))
+    # the plan in memory first: the fold selection and --init-from are checked before anything is written to --out
+    if split_path.exists():
         plan = load_or_create_splits(split_path, ids, groups, **split_args)
-        if split_path.resolve() != (out / "splits.json").resolve():
-            plan.to_json(out / "splits.json")
-    barrier()
-    if rank != 0:  # the splits rank 0 made (or read)
-        plan = load_or_create_splits(out / "splits.json", ids, groups, **split_args)
+    else:
+        plan = make_splits(ids, groups, split_args["n_folds"], split_args["n_repeats"], split_args["seed"],
+                           split_args["val_fraction"], split_args["strata"])  # fmt: skip
     selected = [
         f for f in plan.folds if (folds is None or f.fold in folds) and (repeats is None or f.repeat in repeats)
     ]
@@ -658,13 +643,30 @@ def run_cv(
         raise ValueError(
             f"no fold selected: folds {folds}, repeats {repeats} of a {plan.n_repeats}x{plan.n_folds} plan"
         )
-    sources = _init_sources(init_from, selected)
-    if sources and rank == 0:
-        _write_json(
-            out / "init_from.json", {"source": str(init_from), "folds": {k: str(v) for k, v in sources.items()}}
-        )
+    sources = cv_init_sources(init_from, selected, out)
+    record = check_init_record(out, init_from, sources, plan, selected)
+    barrier()  # torchrun: every process has checked the folder before rank 0 writes into it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        _write_json(out / "env.json", environment())
+        _write_json(out / "labels.json", _labels_record(label_set, counts))
+        if not split_path.exists():
+            plan.to_json(split_path)
+            log.info("created %s: %d repeat(s) x %d folds over %d cases", split_path, plan.n_repeats, plan.n_folds,
+                     len(ids))  # fmt: skip
+        if split_path.resolve() != (out / "splits.json").resolve():
+            plan.to_json(out / "splits.json")
+        if record is not None:
+            _write_json(out / INIT_RECORD, record)
+    barrier()
+    if rank != 0:  # the splits rank 0 wrote
+        plan = load_or_create_splits(out / "splits.json", ids, groups, **split_args)
+        selected = [
+            f for f in plan.folds if (folds is None or f.fold in folds) and (repeats is None or f.repeat in repeats)
+        ]
     for i, fold in enumerate(selected, 1):
-        fdir = out / _fold_name(fold.repeat, fold.fold)
+        fdir = out / fold_name(fold.repeat, fold.fold)
         if (fdir / "metrics.csv").is_file():
             log.info("fold %s already done: skipped", fdir.name)
             continue
@@ -705,40 +707,6 @@ def run_cv(
     return result
 
 
-def _init_sources(init_from: str | Path | None, selected: Sequence[Any]) -> dict[str, Path]:
-    """Fold folder name -> the weights it starts from (see :func:`run_cv`); checked before any fold trains."""
-    if init_from is None:
-        return {}
-    src = Path(init_from)
-    if not src.exists():
-        raise FileNotFoundError(f"--init-from {src}: no such file or folder")
-    if not (src.is_dir() and (src / "splits.json").is_file() and not (src / "model").is_dir()):
-        return {_fold_name(f.repeat, f.fold): src for f in selected}  # one run or file for every fold
-    theirs = SplitPlan.from_json(src / "splits.json")
-    sources = {}
-    for f in selected:
-        name = _fold_name(f.repeat, f.fold)
-        try:
-            g = theirs.get(f.repeat, f.fold)
-        except KeyError:
-            raise ValueError(
-                f"--init-from {src}: no {name} there (a {theirs.n_repeats}x{theirs.n_folds} plan): run both CVs on "
-                "one splits.json (--splits)"
-            ) from None
-        seen = sorted((set(g.train) | set(g.val)) & set(f.test))
-        if seen:
-            raise ValueError(
-                f"--init-from {src}: its {name} model trained or chose its epoch on {len(seen)} of this fold's test "
-                f"cases (e.g. {seen[0]}), so its weights would leak them: run this CV with --splits "
-                f"{src / 'splits.json'}"
-            )
-        weights = src / name / "model" / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"--init-from {src}: {name} has no trained model yet ({weights} is missing)")
-        sources[name] = src / name
-    return sources
-
-
 def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | None = None) -> CVResult:
     """Merge the finished folds' ``metrics.csv`` into ``out/metrics.csv`` and ``out/summary.json``."""
     from agseg.metrics import read_csv
@@ -747,7 +715,7 @@ def gather_cv(out: Path, cfg: ExperimentConfig, plan: SplitPlan, t0: float | Non
     done = 0
     columns: dict[str, list[str]] = {}
     for fold in plan.folds:
-        f = out / _fold_name(fold.repeat, fold.fold) / "metrics.csv"
+        f = out / fold_name(fold.repeat, fold.fold) / "metrics.csv"
         if f.is_file():
             from agseg.metrics.table import read_csv_table
 
@@ -813,7 +781,7 @@ def _gather_levels(out: Path, cfg: ExperimentConfig, plan: SplitPlan) -> None:
     for level in levels:
         rows = []
         for fold in plan.folds:
-            f = out / _fold_name(fold.repeat, fold.fold) / f"metrics_L{level}.csv"
+            f = out / fold_name(fold.repeat, fold.fold) / f"metrics_L{level}.csv"
             if f.is_file():
                 for r in read_csv(f, text_columns=("model", "case_id")):
                     rows.append({**r, "repeat": int(r["repeat"]), "fold": int(r["fold"])})
