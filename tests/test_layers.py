@@ -161,3 +161,26 @@ def test_torch_func_transforms_work_as_for_nn_conv3d():
     torch.testing.assert_close(
         vmap(lambda xi: ours(xi[None]))(x), vmap(lambda xi: ref(xi[None]))(x), rtol=1e-4, atol=1e-4
     )
+
+
+def test_torch_func_grad_of_the_bias_alone_and_forward_mode_dual_tensors_work_as_for_nn_conv3d():
+    """Only the bias transformed by torch.func (input and weight plain tensors), or a forward-mode dual tensor, used
+    to reach the oneDNN autograd Function, which supports neither."""
+    from torch.autograd import forward_ad
+    from torch.func import functional_call, grad
+
+    ours, ref = _pair()
+    x = torch.randn(2, 8, 6, 6, 6)
+    w, b = ours.weight.detach(), ours.bias.detach()
+
+    def bias_grad(conv):
+        return grad(lambda bias: functional_call(conv, {"weight": w, "bias": bias}, (x,)).square().sum())(b)
+
+    torch.testing.assert_close(bias_grad(ours), bias_grad(ref), rtol=1e-4, atol=1e-3)
+    tangent = torch.randn_like(x)
+    tangents = []
+    for conv in (ours, ref):
+        with forward_ad.dual_level():
+            out = conv(forward_ad.make_dual(x, tangent))
+            tangents.append(forward_ad.unpack_dual(out).tangent)
+    torch.testing.assert_close(tangents[0], tangents[1], rtol=1e-4, atol=1e-4)

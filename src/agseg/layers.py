@@ -43,8 +43,9 @@ def _tracing() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or _compiling() or exporting()
 
 
-def _onednn_ok(input: torch.Tensor, weight: torch.Tensor, zero_padded: bool) -> bool:
+def _onednn_ok(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, zero_padded: bool) -> bool:
     """Whether :class:`Conv3d` takes oneDNN for this call (see there)."""
+    tensors = (input, weight) if bias is None else (input, weight, bias)
     return (
         zero_padded
         and input.dim() == 5
@@ -56,7 +57,8 @@ def _onednn_ok(input: torch.Tensor, weight: torch.Tensor, zero_padded: bool) -> 
         and not torch.is_autocast_enabled("cpu")
         and not _tracing()
         and not _dispatch_mode_active()
-        and not _functorch_wrapped(input, weight)
+        and not _functorch_wrapped(*tensors)
+        and not _dual(*tensors)
     )
 
 
@@ -65,6 +67,16 @@ def _functorch_wrapped(*tensors: torch.Tensor) -> bool:
     computes what ``nn.Conv3d`` does, as its oneDNN autograd Function does not support the transforms."""
     wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     return wrapped is not None and any(wrapped(t) for t in tensors)
+
+
+def _dual(*tensors: torch.Tensor) -> bool:
+    """Whether forward-mode AD (``torch.autograd.forward_ad`` dual tensors) runs through these tensors: the oneDNN
+    autograd Function has no ``jvp``, so there :class:`Conv3d` computes what ``nn.Conv3d`` does."""
+    from torch.autograd import forward_ad
+
+    if getattr(forward_ad, "_current_level", -1) < 0:  # no dual level open: no tangent can exist
+        return False
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def _native_conv_picked(input: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
@@ -133,7 +145,7 @@ class Conv3d(nn.Conv3d):
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript compiles nothing of this branch; an `and` it would)
-            if _onednn_ok(input, weight, self._zero_padded):
+            if _onednn_ok(input, weight, bias, self._zero_padded):
                 if torch.is_grad_enabled() and (
                     input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
                 ):
