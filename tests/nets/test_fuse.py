@@ -198,3 +198,41 @@ def test_a_conv_that_overrides_forward_is_neither_folded_nor_fused():
     assert type(fused[0]) is _StandardisedConv and isinstance(fused[3], ConvReLU)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "old_weight_norm", "spectral_norm", "hook", "norm_hook", "relu_hook"])
+def test_hooked_or_parametrized_modules_are_neither_folded_nor_fused(kind):
+    """weight_norm / spectral_norm recompute a conv's weight from other tensors (fold_batchnorm crashed on them); a
+    forward hook on the conv, the norm or the ReLU was silently dropped by the rewrite."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    calls = []
+    if kind == "weight_norm":
+        conv = parametrizations.weight_norm(conv)
+    elif kind == "old_weight_norm":
+        conv = nn.utils.weight_norm(conv)
+    elif kind == "spectral_norm":
+        conv = parametrizations.spectral_norm(conv)
+    net = nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU())
+    target = {"hook": 0, "norm_hook": 1, "relu_hook": 2}.get(kind)
+    if target is not None:
+        net[target].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        want = net(x)
+    folded, n_folded = fold_batchnorm(net)
+    fused, n_fused = fuse_conv_relu(folded)
+    calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), want, rtol=1e-4, atol=1e-5)
+    if target is not None:
+        assert calls == [1]  # the hook still runs
+    if kind != "relu_hook":
+        assert n_folded == 0
+    assert n_fused == 0

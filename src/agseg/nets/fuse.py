@@ -37,21 +37,38 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _untouched(module: nn.Module) -> bool:
+    """No hooks and no parametrizations on ``module``: a rewrite that drops it loses nothing it was asked to do.
+
+    ``weight_norm`` / ``spectral_norm`` recompute the weight (in a forward pre-hook, or as a parametrization) from
+    other tensors, so a folded weight would be overwritten or missing; a forward hook would no longer be called."""
+    return not (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+        or torch.nn.utils.parametrize.is_parametrized(module)
+    )
+
+
 def _plain_conv(conv: nn.Module) -> bool:
     """Whether ``conv`` computes a plain convolution: an ``nn.Conv1d/2d/3d`` (or agseg's ``Conv3d``) whose class
-    keeps their ``forward``. A subclass that changes it (weight standardisation, a scaled output, ...) is neither
-    folded nor fused, since both rewrite the arithmetic of a plain convolution."""
+    keeps their ``forward``, with no hooks or parametrizations (:func:`_untouched`). A subclass that changes it
+    (weight standardisation, a scaled output, ...) is neither folded nor fused, since both rewrite the arithmetic of a
+    plain convolution."""
     base = next((c for c in _CONVS if isinstance(conv, c)), None)
     if base is None:
         return False
     cls = type(conv)
-    return cls.forward is base.forward and cls._conv_forward in (base._conv_forward, Conv3d._conv_forward)
+    plain = cls.forward is base.forward and cls._conv_forward in (base._conv_forward, Conv3d._conv_forward)
+    return plain and _untouched(conv)
 
 
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     return (
         _plain_conv(conv)
         and type(norm) in _NORMS
+        and _untouched(norm)
         and norm.track_running_stats
         and norm.running_mean is not None
         and norm.running_var is not None
@@ -171,7 +188,7 @@ def fuse_conv_relu(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, 
             j = i + 1
             while j < len(names) and type(seq._modules[names[j]]) is nn.Identity:
                 j += 1
-            if j < len(names) and type(seq._modules[names[j]]) is nn.ReLU:
+            if j < len(names) and type(seq._modules[names[j]]) is nn.ReLU and _untouched(seq._modules[names[j]]):
                 seq._modules[name] = ConvReLU(conv)
                 seq._modules[names[j]] = nn.Identity()
                 fused += 1
