@@ -77,9 +77,35 @@ def test_an_overwrite_in_the_other_format_removes_the_stale_export(tmp_path):
     assert (out / ONNX_FILE).is_file() and not (out / PROGRAM_FILE).exists()
 
 
-def test_an_overwrite_that_fails_while_moving_leaves_no_mixed_export(tmp_path, monkeypatch):
-    """The old model.json never describes new files: a failure after the first file moved leaves the folder without
-    one (incomplete, which load_bundle refuses), not an old description beside new weights."""
+def test_an_overwrite_that_fails_while_moving_puts_the_earlier_export_back(tmp_path, monkeypatch):
+    """A failure after the first new file moved in used to leave the folder without model.json (the earlier export
+    lost); now the new files go and the earlier export is back, file for file (the same inodes: renamed back)."""
+    import pathlib
+
+    run, _ = _run(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
+    out = tmp_path / "e"
+    export_program(run, out)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()}
+    real = pathlib.Path.replace
+    failed = []
+
+    def replace(self, target):  # the new program's move into the folder fails once
+        if pathlib.Path(target) == out / PROGRAM_FILE and self.parent.name != ".previous" and not failed:
+            failed.append(1)
+            raise OSError("disk full")
+        return real(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace)
+    with pytest.raises(ExportError, match="disk full.*back as it was"):
+        export_program(run, out, overwrite=True)
+    assert failed
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()} == before
+    load_bundle(out)
+
+
+def test_a_failing_move_that_cannot_be_undone_says_the_folder_is_incomplete(tmp_path, monkeypatch):
+    """Should putting the earlier export back fail too, the folder holds no model.json (which load_bundle refuses),
+    never an old description beside new weights, and the error says so."""
     import pathlib
 
     run, _ = _run(tmp_path, "unet", {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8]})
@@ -88,12 +114,12 @@ def test_an_overwrite_that_fails_while_moving_leaves_no_mixed_export(tmp_path, m
     real = pathlib.Path.replace
 
     def replace(self, target):
-        if pathlib.Path(target).name == PROGRAM_FILE:
+        if pathlib.Path(target).name == PROGRAM_FILE and pathlib.Path(target).parent == out:
             raise OSError("disk full")
         return real(self, target)
 
     monkeypatch.setattr(pathlib.Path, "replace", replace)
-    with pytest.raises(ExportError, match="disk full"):
+    with pytest.raises(ExportError, match="no complete model now"):
         export_program(run, out, overwrite=True)
     assert not (out / "model.json").exists()
     with pytest.raises(Exception, match="model.json"):

@@ -79,10 +79,48 @@ def _check(run, net: nn.Module, shape: tuple[int, ...], seed: int, label: str) -
     return float(np.abs(got - ref).max())
 
 
+_EXPORT_FILES = (BUNDLE_JSON, ONNX_FILE, PROGRAM_FILE, BUNDLE_WEIGHTS)  # model.json first: without it, incomplete
+
+
+def _move_in(tmp: Path, out: Path, file: str) -> None:
+    """Move a checked export from ``tmp`` into ``out``, replacing an earlier export there (both formats' files).
+
+    The earlier files are first renamed aside into ``tmp`` (model.json first, so that at no moment does an old
+    description sit beside new weights); the new files go in with model.json last (a folder holding it is complete).
+    Should a move fail, the new files are taken out and the earlier export is put back as it was; only if that fails
+    too is the folder left without model.json (incomplete, which ``load_bundle`` refuses), as the error says."""
+    aside = tmp / ".previous"
+    aside.mkdir()
+    kept: list[str] = []
+    moved: list[str] = []
+    try:
+        for name in _EXPORT_FILES:
+            if (out / name).is_file():
+                (out / name).replace(aside / name)
+                kept.append(name)
+        for name in (BUNDLE_WEIGHTS, file, BUNDLE_JSON):
+            (tmp / name).replace(out / name)
+            moved.append(name)
+    except OSError as err:
+        try:
+            for name in moved:
+                (out / name).unlink(missing_ok=True)
+            for name in reversed(kept):  # model.json last
+                (aside / name).replace(out / name)
+        except OSError as again:
+            raise ExportError(
+                f"moving the export into {out} failed ({err}), and so did putting the earlier export back ({again}): "
+                f"{out} has no complete model now (no model.json); export again"
+            ) from err
+        after = "the earlier export there is back as it was" if kept else "nothing of it was kept"
+        raise ExportError(f"moving the export into {out} failed: {err}; {after}") from err
+
+
 def _export(source, out_dir, prune, atol, overwrite, *, file: str, label: str, write, extra: dict) -> Path:
     """The export flow both formats share: the folder checks, the graph net, ``write(graph_net, shape, dynamic, path)
     -> run`` into a temporary folder, the check of ``run`` against PyTorch on two inputs, the bundle beside it, and
-    the files moved into ``out_dir`` only then (nothing of a failed export stays behind)."""
+    the files moved into ``out_dir`` only then (nothing of a failed export stays behind, and an export it was to
+    replace is put back: :func:`_move_in`)."""
     net, bundle = load_bundle(source)
     out = Path(out_dir)
     src = Path(source)
@@ -112,12 +150,7 @@ def _export(source, out_dir, prune, atol, overwrite, *, file: str, label: str, w
             info["export"] = {**extra, "file": file, "prune": level, "max_abs_diff": diffs, "torch": torch.__version__}
             exported = ModelBundle.from_dict({**bundle.to_dict(), "info": info, "prune": level})
             exported.save(Path(tmp), net)  # the full net's weights: the folder is a PyTorch bundle as well
-            # an earlier export's model.json goes first: should a move below fail, the folder is incomplete (no
-            # model.json) rather than an old description beside new weights; its other format goes too
-            for stale in {BUNDLE_JSON, ONNX_FILE, PROGRAM_FILE} - {file}:
-                (out / stale).unlink(missing_ok=True)
-            for name in (BUNDLE_WEIGHTS, file, BUNDLE_JSON):  # model.json last: a folder with it is complete
-                (Path(tmp) / name).replace(out / name)
+            _move_in(Path(tmp), out, file)
     except Exception as err:
         if made and not any(out.iterdir()):
             out.rmdir()
