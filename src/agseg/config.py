@@ -379,6 +379,9 @@ class TrainConfig:
             (``attention/epoch_NNN.npz``) and, at the end, figures of their evolution (seed 001 Fig. 3); 0: off.
         early_stop_patience: stop when the validation loss has not improved for this many validated epochs; 0: off.
         early_stop_min_delta: the improvement that counts.
+        balance: draw the training cases so that every stratum gets the same share of each epoch
+            (:mod:`agseg.training.sampling`): ``"class"`` (classifiers), a regex whose first group names a case's
+            group in its id (with classes: per group and class), or null (a plain shuffle).
         sync_batchnorm: under ``torchrun``, batch norm over the batches of all processes (``SyncBatchNorm``);
             otherwise each process normalises its own batch and rank 0's statistics are kept.
     """
@@ -412,8 +415,16 @@ class TrainConfig:
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
     sync_batchnorm: bool = False
+    balance: str | None = None
 
     def __post_init__(self) -> None:
+        if self.balance is not None and self.balance != "class":
+            try:
+                groups = re.compile(self.balance).groups
+            except re.error as err:
+                raise ValueError(f"balance must be 'class' or a regex with a group: {self.balance!r}: {err}") from None
+            if groups < 1:
+                raise ValueError(f"balance {self.balance!r} has no group: write e.g. '^([A-Z]+)_' to name the part")
         for name in ("epochs", "batch_size", "grad_accum", "val_every", "step_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -105,10 +105,11 @@ class SegmentationDataset(Dataset):
         return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        ref = self.cases[index]
+        case = index % len(self.cases)  # index + k * len: the case's k-th draw in an epoch, with its own augmentation
+        ref = self.cases[case]
         if self.require_label and not ref.has_mask:
             raise DataError(ref.image_paths[0], "case has no mask (a training dataset needs labels)", ref.case_id)
-        image, label, _ = self.load(index)
+        image, label, _ = self.load(case)
         if label is not None and self.label_set is not None:
             try:
                 label = self.label_set.encode(label)
@@ -209,8 +210,9 @@ class ClassificationDataset(SegmentationDataset):
             self.targets.append(t)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        ref = self.cases[index]
-        image, _, _ = self.load(index)
+        case = index % len(self.cases)  # as SegmentationDataset: a repeated draw, augmented anew
+        ref = self.cases[case]
+        image, _, _ = self.load(case)
         if self.augment is not None:
             if self._augmenter is None:
                 assert isinstance(self.augment, AugmentConfig)
@@ -218,4 +220,4 @@ class ClassificationDataset(SegmentationDataset):
             img_t, _ = self._augmenter(image, None, seed=self._sample_seed(index))
         else:
             img_t = torch.from_numpy(np.array(image, dtype=np.float32))
-        return {"image": img_t, "label": torch.tensor(self.targets[index], dtype=torch.int64), "case_id": ref.case_id}
+        return {"image": img_t, "label": torch.tensor(self.targets[case], dtype=torch.int64), "case_id": ref.case_id}

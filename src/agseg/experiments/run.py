@@ -27,6 +27,7 @@ import logging
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ from agseg.runtime import barrier, memory_format_for, resolve_device, set_thread
 from agseg.tasks import get_task
 from agseg.training.callbacks import ShardRecorder, default_callbacks
 from agseg.training.checkpoint import load_state_dict_file, transfer_weights
+from agseg.training.sampling import BalancedSampler, balance_strata, balanced_weights
 from agseg.training.trainer import Trainer, TrainResult
 from agseg.weights import load_checkpoint
 
@@ -360,6 +362,7 @@ def train_model(
     first_image = train_ds.load(0)[0]
     name, kwargs = _resolve_model(cfg, int(first_image.shape[0]), first_image.ndim - 1, label_set)
     rank, world_size = world()
+    sampler = _balanced_sampler(cfg, train_cases, train_ds, task.name, world_size)  # checked before any write
     barrier()  # every process has checked the run directory before the first writes it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -417,7 +420,6 @@ def train_model(
         mirror_axes=list(cfg.eval.mirror_axes) or None,
         exclude_classes=[int(c) for c in cfg.train.loss_kwargs.get("exclude_classes") or ()] or None,
     )  # fmt: skip
-    sampler = None
     if world_size > 1:  # torchrun: DDP over the processes, each training on its shard of the cases
         model, sampler = _distributed(model, train_ds, cfg)
         callbacks = [*(callbacks if callbacks is not None else default_callbacks(run_dir, cfg.train)),
@@ -589,6 +591,23 @@ class CVResult:
     folds_done: int
     folds_total: int
     seconds: float
+
+
+def _balanced_sampler(cfg: ExperimentConfig, train_cases: Sequence[CaseRef], train_ds: Any, task: str, world_size: int):
+    """The ``train.balance`` sampler (:mod:`agseg.training.sampling`), or None for a plain shuffle."""
+    if cfg.train.balance is None:
+        return None
+    if world_size > 1:
+        raise ConfigError("train.balance is not supported under torchrun (each process draws its own shard)")
+    targets = list(train_ds.targets) if task == "classification" else None
+    try:
+        strata = balance_strata([c.case_id for c in train_cases], targets, cfg.train.balance)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    counts = Counter(strata)
+    log.info("balanced sampling over %d strata: %s", len(counts),
+             ", ".join(f"{'/'.join(map(str, k))} {n}" for k, n in sorted(counts.items())))  # fmt: skip
+    return BalancedSampler(balanced_weights(strata), seed=cfg.seed)
 
 
 def run_cv(

@@ -1,0 +1,96 @@
+"""train.balance: every stratum drawn equally often (agseg.training.sampling), checked against hand counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from agseg.config import ConfigError, TrainConfig, from_dict
+from agseg.data import PreprocessConfig, Preprocessor, SegmentationDataset, load_dataset, write_dataset
+from agseg.data.augment import AugmentConfig
+from agseg.experiments.run import train_model
+from agseg.training.sampling import BalancedSampler, balance_strata, balanced_weights
+
+
+def test_weights_give_every_stratum_the_same_share():
+    w = balanced_weights([("a",), ("a",), ("a",), ("b",)])
+    torch.testing.assert_close(w, torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2], dtype=torch.float64))
+    assert float(w.sum()) == pytest.approx(1.0)
+
+
+def test_strata_from_a_case_id_pattern_and_the_classes():
+    ids = ["MCUCXR_0001_0", "MCUCXR_0002_1", "CHNCXR_0001_0", "CHNCXR_0002_1"]
+    assert balance_strata(ids, [0, 1, 0, 1], r"^([A-Z]+)_") == [("MCUCXR", 0), ("MCUCXR", 1), ("CHNCXR", 0),
+                                                                ("CHNCXR", 1)]  # fmt: skip
+    assert balance_strata(ids, None, r"^([A-Z]+)_") == [("MCUCXR",), ("MCUCXR",), ("CHNCXR",), ("CHNCXR",)]
+    assert balance_strata(ids, [0, 1, 1, 1], "class") == [(0,), (1,), (1,), (1,)]
+    with pytest.raises(ValueError, match="'other' does not match"):
+        balance_strata([*ids, "other"], None, r"^([A-Z]+)_")
+    with pytest.raises(ValueError, match="needs image-level classes"):
+        balance_strata(ids, None, "class")
+
+
+def test_the_sampler_draws_the_strata_evenly_and_the_same_per_epoch():
+    strata = [("a",)] * 9 + [("b",)]  # 9 to 1: a plain shuffle draws "b" 10% of the time
+    s = BalancedSampler(balanced_weights(strata), seed=3)
+    draws = []
+    for epoch in range(400):
+        s.set_epoch(epoch)
+        draws += list(s)
+    assert len(draws) == 4000
+    share_b = np.mean([d % 10 == 9 for d in draws])
+    assert abs(share_b - 0.5) < 0.03  # binomial sd 0.008
+    s.set_epoch(7)
+    first = list(s)
+    s.set_epoch(8)
+    other = list(s)
+    s.set_epoch(7)
+    assert list(s) == first and other != first  # resumable: an epoch draws the same cases again
+    counts = Counter(d % 10 for d in first)
+    for case, k in counts.items():  # the k draws of one case are case, case + 10, case + 20, ...
+        assert sorted(d for d in first if d % 10 == case) == [case + 10 * j for j in range(k)]
+
+
+def test_config_refuses_a_pattern_without_a_group_or_that_is_not_a_regex():
+    assert TrainConfig(balance="class").balance == "class"
+    with pytest.raises(ValueError, match="has no group"):
+        TrainConfig(balance="^[A-Z]+_")
+    with pytest.raises(ValueError, match="regex with a group"):
+        TrainConfig(balance="([A-Z")
+
+
+@pytest.fixture(scope="module")
+def cxr(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data") / "cxr", "cxr", n=6, size=48, seed=2)
+
+
+def test_a_repeated_draw_is_the_same_case_augmented_anew(cxr):
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    pre = Preprocessor(PreprocessConfig(target_size=(32, 32), intensity="minmax01"))
+    ds = SegmentationDataset(cases, pre, augment=AugmentConfig(rotate_deg=20, affine_prob=1.0), seed=0)
+    a, b = ds[1], ds[1 + len(cases)]
+    assert a["case_id"] == b["case_id"] == cases[1].case_id
+    assert not torch.equal(a["image"], b["image"])
+
+
+def _cfg(data, balance):
+    return from_dict({
+        "name": "bal", "data": {"path": str(data), "options": {"mask_threshold": 127},
+                                "preprocess": {"target_size": [32, 32], "intensity": "minmax01"}},
+        "model": {"name": "unet", "channels": [4, 8]},
+        "train": {"epochs": 1, "batch_size": 2, "amp": "off", "balance": balance},
+    })  # fmt: skip
+
+
+def test_train_balances_by_a_pattern_and_refuses_one_that_misses_a_case_before_writing(cxr, tmp_path, caplog):
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    with caplog.at_level("INFO", logger="agseg.experiments.run"):
+        run = train_model(_cfg(cxr, r"_(\d)$"), tmp_path / "ok", cases[:4], cases[4:])
+    assert run.result is not None and (tmp_path / "ok" / "model" / "model.json").is_file()
+    assert "balanced sampling over 2 strata: 0 2, 1 2" in caplog.text  # the synthetic names end in _0 / _1
+    with pytest.raises(ConfigError, match="does not match"):
+        train_model(_cfg(cxr, r"^(MCU)"), tmp_path / "bad", cases[:4], cases[4:])
+    assert not (tmp_path / "bad").exists()
