@@ -307,3 +307,80 @@ def test_a_cv_keeps_the_starting_weights_it_began_with(cxr, tmp_path):
     run_cv(cfg, tmp_path / "s", folds=[0], splits=shared)  # from scratch
     with pytest.raises(ValueError, match="started from scratch"):
         run_cv(cfg, tmp_path / "s", folds=[1], splits=shared, init_from=tmp_path / "u")
+
+
+def test_init_from_follows_the_models_a_source_was_started_from(cxr, tmp_path):
+    """A run that never saw fold 1's test cases, but was started from a model that trained on them, leaks them too:
+    refused through its init_from.json."""
+    from agseg.experiments.run import train_model
+    from agseg.experiments.splits import SplitPlan
+
+    shared = tmp_path / "splits.json"
+    run_cv(tiny_cfg(cxr, name="u"), tmp_path / "u", folds=[0], splits=shared)  # trains on folds 1 and 2's cases
+    plan = SplitPlan.from_json(shared)
+    by_id = {c.case_id: c for c in load_dataset(cxr, mask_threshold=127)}
+    f0, f1 = plan.get(0, 0), plan.get(0, 1)
+    assert not set(f0.test) & set(f1.test)
+    train_model(tiny_cfg(cxr, name="r"), tmp_path / "r", [by_id[c] for c in f0.test], [],
+                init_from=tmp_path / "u" / "repeat0_fold0")  # fmt: skip
+    with pytest.raises(ValueError, match="through .*u/repeat0_fold0"):
+        run_cv(tiny_cfg(cxr, name="a"), tmp_path / "a", folds=[1], splits=shared, init_from=tmp_path / "r")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_leak_is_a_shared_patient_not_only_a_shared_case_id():
+    from agseg.experiments.init_from import _Groups
+    from agseg.experiments.splits import make_splits
+
+    ids = ["p1_a", "p1_b", "p2_a", "p3_a", "p4_a", "p5_a"]
+    plan = make_splits(ids, ["p1", "p1", "p2", "p3", "p4", "p5"], n_folds=2, seed=0)
+    groups = _Groups(plan)
+    assert groups.leaked({"p1_a"}, ["p1_b", "p2_a"]) == ["p1_b"]  # the same patient's other image
+    assert groups.leaked({"p3_a"}, ["p1_b", "p2_a"]) == []
+    assert groups.leaked({"elsewhere"}, ["elsewhere", "p2_a"]) == ["elsewhere"]  # unknown ids: by id
+
+
+def test_a_record_written_before_resolved_paths_resumes_with_the_same_source(tmp_path, monkeypatch):
+    """init_from.json files written by the first version hold the source as typed (relative): resuming with the same
+    --init-from used to be refused, with advice that looped."""
+    from agseg.experiments.init_from import check_init_record
+    from agseg.experiments.splits import make_splits
+
+    monkeypatch.chdir(tmp_path)
+    plan = make_splits([f"c{i}" for i in range(6)], n_folds=3, seed=0)
+    out = tmp_path / "cv"
+    (out / "repeat0_fold0").mkdir(parents=True)
+    (out / "init_from.json").write_text(json.dumps({"source": "runs/src", "folds": {"repeat0_fold0": "x"}}))
+    pending = [plan.get(0, 1)]
+    record = check_init_record(out, "runs/src", {"repeat0_fold1": tmp_path / "y"}, plan, pending)
+    assert record["resolved"] == str((tmp_path / "runs" / "src").resolve())
+    assert sorted(record["folds"]) == ["repeat0_fold0", "repeat0_fold1"]
+    with pytest.raises(ValueError, match="pass --init-from"):
+        check_init_record(out, None, {}, plan, pending)
+
+
+def test_a_stale_record_goes_and_overwrite_keeps_the_old_cv_when_a_check_fails(cxr, tmp_path):
+    """A record whose source no fold started from (the first fold failed before its folder) is removed by a run
+    without --init-from; an --overwrite with a refused source deletes nothing."""
+    shared = tmp_path / "splits.json"
+    run_cv(tiny_cfg(cxr, name="u"), tmp_path / "u", folds=[0], splits=shared)
+    cfg = tiny_cfg(cxr, name="a")
+    out = tmp_path / "a"
+    run_cv(cfg, out, folds=[0], splits=shared)
+    (out / "init_from.json").write_text(json.dumps({"source": str(tmp_path / "u"), "folds": {}}))
+    import shutil
+
+    shutil.rmtree(out / "repeat0_fold0")  # as if the fold had failed before its folder was made
+    run_cv(cfg, out, folds=[0], splits=shared)
+    assert not (out / "init_from.json").exists()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="repeat0_fold1's test cases"):
+        run_cv(cfg, out, folds=[1], splits=shared, overwrite=True, init_from=tmp_path / "u" / "repeat0_fold0")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # the old CV is still there
+
+
+def test_a_cv_refuses_a_balance_its_cases_cannot_have_before_writing(cxr, tmp_path):
+    with pytest.raises(ConfigError, match="does not match"):
+        run_cv(tiny_cfg(cxr, **{"train.balance": "^(MCU)"}), tmp_path / "b", folds=[0])
+    assert not (tmp_path / "b").exists()  # a retry with a fixed regex is no "changed config"
+    assert run_cv(tiny_cfg(cxr, **{"train.balance": r"_(\d)$"}), tmp_path / "b", folds=[0]).folds_done == 1

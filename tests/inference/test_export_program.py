@@ -119,8 +119,10 @@ def test_a_failing_move_that_cannot_be_undone_says_the_folder_is_incomplete(tmp_
         return real(self, target)
 
     monkeypatch.setattr(pathlib.Path, "replace", replace)
-    with pytest.raises(ExportError, match="no complete model now"):
+    old_program = (out / PROGRAM_FILE).read_bytes()
+    with pytest.raises(ExportError, match="no complete model now.*previous-export"):
         export_program(run, out, overwrite=True)
     assert not (out / "model.json").exists()
+    assert (out / "previous-export" / PROGRAM_FILE).read_bytes() == old_program  # kept, not deleted with tmp
     with pytest.raises(Exception, match="model.json"):
         load_bundle(out)

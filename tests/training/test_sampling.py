@@ -31,6 +31,12 @@ def test_strata_from_a_case_id_pattern_and_the_classes():
         balance_strata([*ids, "other"], None, r"^([A-Z]+)_")
     with pytest.raises(ValueError, match="needs image-level classes"):
         balance_strata(ids, None, "class")
+    with pytest.raises(ValueError, match="does not match"):  # an optional group that matched nothing
+        balance_strata(["_0001"], None, r"^([A-Z]+)?_")
+
+
+def _case(draw):
+    return draw[0] if isinstance(draw, tuple) else draw
 
 
 def test_the_sampler_draws_the_strata_evenly_and_the_same_per_epoch():
@@ -41,7 +47,7 @@ def test_the_sampler_draws_the_strata_evenly_and_the_same_per_epoch():
         s.set_epoch(epoch)
         draws += list(s)
     assert len(draws) == 4000
-    share_b = np.mean([d % 10 == 9 for d in draws])
+    share_b = np.mean([_case(d) == 9 for d in draws])
     assert abs(share_b - 0.5) < 0.03  # binomial sd 0.008
     s.set_epoch(7)
     first = list(s)
@@ -49,9 +55,11 @@ def test_the_sampler_draws_the_strata_evenly_and_the_same_per_epoch():
     other = list(s)
     s.set_epoch(7)
     assert list(s) == first and other != first  # resumable: an epoch draws the same cases again
-    counts = Counter(d % 10 for d in first)
-    for case, k in counts.items():  # the k draws of one case are case, case + 10, case + 20, ...
-        assert sorted(d for d in first if d % 10 == case) == [case + 10 * j for j in range(k)]
+    counts = Counter(_case(d) for d in first)
+    for case, k in counts.items():  # the k draws of one case: case, (case, 1), (case, 2), ...
+        assert sorted((d for d in first if _case(d) == case), key=str) == sorted(
+            [case] + [(case, j) for j in range(1, k)], key=str
+        )
 
 
 def test_config_refuses_a_pattern_without_a_group_or_that_is_not_a_regex():
@@ -71,9 +79,12 @@ def test_a_repeated_draw_is_the_same_case_augmented_anew(cxr):
     cases = list(load_dataset(cxr, mask_threshold=127))
     pre = Preprocessor(PreprocessConfig(target_size=(32, 32), intensity="minmax01"))
     ds = SegmentationDataset(cases, pre, augment=AugmentConfig(rotate_deg=20, affine_prob=1.0), seed=0)
-    a, b = ds[1], ds[1 + len(cases)]
+    a, b = ds[1], ds[(1, 1)]
     assert a["case_id"] == b["case_id"] == cases[1].case_id
     assert not torch.equal(a["image"], b["image"])
+    assert torch.equal(ds[(1, 0)]["image"], a["image"])  # a first draw: the seed it always had
+    with pytest.raises(IndexError):
+        ds[len(cases)]  # no wrap-around: plain iteration still ends
 
 
 def _cfg(data, balance):
@@ -85,12 +96,31 @@ def _cfg(data, balance):
     })  # fmt: skip
 
 
-def test_train_balances_by_a_pattern_and_refuses_one_that_misses_a_case_before_writing(cxr, tmp_path, caplog):
+def test_train_balances_by_a_pattern_and_refuses_one_that_misses_a_case_before_writing(cxr, tmp_path, monkeypatch):
+    """The trainer draws through the sampler: 3 cases of one group and 1 of another get weights 1/6 and 1/2."""
+    import agseg.experiments.run as run_mod
+
+    made = []
+
+    class Recording(BalancedSampler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+            self.drawn = []
+
+        def __iter__(self):
+            out = list(super().__iter__())
+            self.drawn += out
+            return iter(out)
+
+    monkeypatch.setattr(run_mod, "BalancedSampler", Recording)
     cases = list(load_dataset(cxr, mask_threshold=127))
-    with caplog.at_level("INFO", logger="agseg.experiments.run"):
-        run = train_model(_cfg(cxr, r"_(\d)$"), tmp_path / "ok", cases[:4], cases[4:])
+    train = [cases[0], cases[2], cases[4], cases[1]]  # names end in _0, _0, _0, _1
+    run = train_model(_cfg(cxr, r"_(\d)$"), tmp_path / "ok", train, [cases[3]])
     assert run.result is not None and (tmp_path / "ok" / "model" / "model.json").is_file()
-    assert "balanced sampling over 2 strata: 0 2, 1 2" in caplog.text  # the synthetic names end in _0 / _1
+    (sampler,) = made
+    torch.testing.assert_close(sampler.weights, torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2], dtype=torch.float64))
+    assert len(sampler.drawn) == 4  # one epoch of draws went to the trainer
     with pytest.raises(ConfigError, match="does not match"):
-        train_model(_cfg(cxr, r"^(MCU)"), tmp_path / "bad", cases[:4], cases[4:])
+        train_model(_cfg(cxr, r"^(MCU)"), tmp_path / "bad", train, [cases[3]])
     assert not (tmp_path / "bad").exists()

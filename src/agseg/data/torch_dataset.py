@@ -99,13 +99,14 @@ class SegmentationDataset(Dataset):
         """How case ``index`` was preprocessed (for :func:`~agseg.data.preprocess.invert`)."""
         return self.load(index)[2]
 
-    def _sample_seed(self, index: int) -> int:
+    def _sample_seed(self, index: int, draw: int = 0) -> int:
         if self.seed is None:
             return int(torch.randint(0, 2**31 - 1, ()).item())
-        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        key = [self.seed, self.epoch, index] + ([draw] if draw else [])  # a first draw: the seed it always had
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        case = index % len(self.cases)  # index + k * len: the case's k-th draw in an epoch, with its own augmentation
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        case, draw = index if isinstance(index, tuple) else (index, 0)  # (case, k): its k-th draw in an epoch
         ref = self.cases[case]
         if self.require_label and not ref.has_mask:
             raise DataError(ref.image_paths[0], "case has no mask (a training dataset needs labels)", ref.case_id)
@@ -120,7 +121,7 @@ class SegmentationDataset(Dataset):
             if self._augmenter is None:
                 assert isinstance(self.augment, AugmentConfig)
                 self._augmenter = Augmenter(self.augment, spatial_dims=image.ndim - 1, seed=None)
-            img_t, lab_t = self._augmenter(image, label, seed=self._sample_seed(index))
+            img_t, lab_t = self._augmenter(image, label, seed=self._sample_seed(case, draw))
         else:
             img_t = torch.from_numpy(np.array(image, dtype=np.float32))
             lab_t = torch.from_numpy(np.asarray(label).astype(np.int64)) if label is not None else None
@@ -209,15 +210,15 @@ class ClassificationDataset(SegmentationDataset):
                 t = int(label_set.encode(np.asarray([t]))[0])
             self.targets.append(t)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        case = index % len(self.cases)  # as SegmentationDataset: a repeated draw, augmented anew
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        case, draw = index if isinstance(index, tuple) else (index, 0)  # as SegmentationDataset: a repeated draw
         ref = self.cases[case]
         image, _, _ = self.load(case)
         if self.augment is not None:
             if self._augmenter is None:
                 assert isinstance(self.augment, AugmentConfig)
                 self._augmenter = Augmenter(self.augment, spatial_dims=image.ndim - 1, seed=None)
-            img_t, _ = self._augmenter(image, None, seed=self._sample_seed(index))
+            img_t, _ = self._augmenter(image, None, seed=self._sample_seed(case, draw))
         else:
             img_t = torch.from_numpy(np.array(image, dtype=np.float32))
         return {"image": img_t, "label": torch.tensor(self.targets[case], dtype=torch.int64), "case_id": ref.case_id}

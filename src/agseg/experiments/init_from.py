@@ -39,6 +39,8 @@ def weights_file(source: str | Path) -> Path:
     if not src.exists():
         raise FileNotFoundError(f"--init-from {src}: no such file or folder")
     if src.is_file():
+        if src.suffix == ".json" or src.name.endswith((".yaml", ".csv", ".log")):
+            raise ValueError(f"--init-from {src}: holds no weights (name the run or model folder, or its .safetensors)")
         return src
     weights = src / "model" / "model.safetensors" if (src / "model").is_dir() else src / "model.safetensors"
     if not weights.is_file():
@@ -69,41 +71,101 @@ def _split_record(weights: Path) -> Path | None:
     return None
 
 
-def _advice(src: Path, plan: SplitPlan | None) -> str:
+def _lineage(weights: Path) -> list[tuple[Path, set[str]]]:
+    """``weights`` and the weights it was itself started from (each run's ``init_from.json``), each with the cases
+    its run trained or chose its epoch on (its ``split.json``; empty where none is found), nearest first."""
+    chain: list[tuple[Path, set[str]]] = []
+    seen: set[Path] = set()
+    current: Path | None = weights
+    while current is not None and current not in seen and len(chain) < 32:
+        seen.add(current)
+        record = _split_record(current)
+        cases: set[str] = set()
+        nxt = None
+        if record is not None:
+            split = json.loads(record.read_text(encoding="utf-8"))
+            cases = set(split.get("train", [])) | set(split.get("val", []))
+            init = record.parent / INIT_RECORD
+            if init.is_file():
+                source = json.loads(init.read_text(encoding="utf-8")).get("source")
+                nxt = Path(source).resolve() if source and Path(source).is_file() else None
+        chain.append((current, cases))
+        current = nxt
+    return chain
+
+
+def _advice(src: Path, plan: SplitPlan | None, one_fold: bool = False) -> str:
     if plan is None:
         return "start from a model that did not see them"
+    if one_fold:
+        return f"start each fold from the same fold's model instead: --init-from {src} (the CV folder)"
     return (
         f"run this CV on the source's splits: --splits {src / 'splits.json'} with its seed {plan.seed}, "
         f"--folds {plan.n_folds} and --repeats {plan.n_repeats} (e.g. --set seed={plan.seed})"
     )
 
 
-def _refuse_leak(what: str, seen: Sequence[str], name: str, src: Path, plan: SplitPlan | None) -> None:
-    if seen:
+class _Groups:
+    """Case id -> patient group, from this CV's plan and the source's: a leak is a shared patient, not only a
+    shared case id (two images of one patient under different names)."""
+
+    def __init__(self, *plans: SplitPlan | None) -> None:
+        self.of: dict[str, str] = {}
+        for plan in plans:
+            if plan is not None:
+                for cid, g in zip(plan.case_ids, plan.groups, strict=True):
+                    self.of.setdefault(cid, g)
+
+    def leaked(self, seen: set[str], test: Sequence[str]) -> list[str]:
+        """The test cases that ``seen`` holds, or whose patient it holds."""
+        seen_groups = {self.of[c] for c in seen if c in self.of}
+        return sorted(c for c in test if c in seen or self.of.get(c, c) in seen_groups)
+
+
+def _refuse_leak(what: str, leaked: Sequence[str], name: str, advice: str, via: Path | None = None) -> None:
+    if leaked:
+        how = f" (through {via}, which it was started from)" if via is not None else ""
         raise ValueError(
-            f"--init-from {what}: that model trained or chose its epoch on {len(seen)} of {name}'s test cases "
-            f"(e.g. {seen[0]}), so its weights would leak them: {_advice(src, plan)}"
+            f"--init-from {what}: that model{how} trained or chose its epoch on {len(leaked)} of {name}'s test "
+            f"cases or their patients (e.g. {leaked[0]}), so its weights would leak them: {advice}"
         )
 
 
-def cv_init_sources(init_from: str | Path | None, selected: Sequence[Any], out: Path) -> dict[str, Path]:
-    """Fold folder name -> the weights file it starts from, for the folds of ``selected`` not yet finished.
+def _check_lineage(what: str, weights: Path, fold: Any, groups: _Groups, advice: str, extra: set[str]) -> None:
+    name = fold_name(fold.repeat, fold.fold)
+    for i, (w, cases) in enumerate(_lineage(weights)):
+        _refuse_leak(what, groups.leaked(cases | (extra if i == 0 else set()), fold.test), name, advice,
+                     via=w if i else None)  # fmt: skip
+
+
+def pending_folds(selected: Sequence[Any], out: Path, fresh: bool = False) -> list[Any]:
+    """The folds of ``selected`` that still train: not finished in ``out`` (``metrics.csv``); all when ``fresh``."""
+    return [f for f in selected if fresh or not (out / fold_name(f.repeat, f.fold) / "metrics.csv").is_file()]
+
+
+def cv_init_sources(
+    init_from: str | Path | None, selected: Sequence[Any], out: Path, plan: SplitPlan | None = None, fresh: bool = False
+) -> dict[str, Path]:
+    """Fold folder name -> the weights file it starts from, for the folds of ``selected`` that still train.
 
     ``init_from`` is another CV folder (each fold starts from the same fold's model there) or one run, model folder,
     ``.safetensors`` or checkpoint (every fold starts from it). Folds already finished in ``out`` (``metrics.csv``
-    present) are left out: they train no more.
+    present) are left out unless ``fresh`` (``--overwrite``: ``out`` is about to be emptied). Each source is checked
+    against the fold's test cases and, through ``plan`` (this CV's) and the source's plan, their patients; so are the
+    models it was itself started from (their runs' ``init_from.json``), as far as their ``split.json`` tell.
 
     Raises:
         FileNotFoundError: the source, or a fold's model in a source CV, is missing.
-        ValueError: the source's plan has no such fold, or its model trained or chose its epoch on a test case of
-            the fold it would start (read from the source's ``splits.json`` or the run's ``split.json``).
+        ValueError: the source's plan has no such fold, a file that holds no weights, or a model that trained or
+            chose its epoch on a test case (or patient) of the fold it would start.
     """
     if init_from is None:
         return {}
     src = Path(init_from)
-    todo = [f for f in selected if not (out / fold_name(f.repeat, f.fold) / "metrics.csv").is_file()]
+    todo = pending_folds(selected, out, fresh)
     if is_cv_folder(src):
         theirs = SplitPlan.from_json(src / "splits.json")
+        groups = _Groups(plan, theirs)
         sources = {}
         for f in todo:
             name = fold_name(f.repeat, f.fold)
@@ -114,45 +176,52 @@ def cv_init_sources(init_from: str | Path | None, selected: Sequence[Any], out: 
                     f"--init-from {src}: no {name} there (a {theirs.n_repeats}x{theirs.n_folds} plan): "
                     f"{_advice(src, theirs)}"
                 ) from None
-            _refuse_leak(f"{src} ({name})", sorted((set(g.train) | set(g.val)) & set(f.test)), name, src, theirs)
             model = src / name / "model"
             missing = [p for p in (model / "model.json", model / "model.safetensors") if not p.is_file()]
             if missing:
                 raise FileNotFoundError(f"--init-from {src}: {name} has no trained model yet ({missing[0]} is missing)")
-            sources[name] = (model / "model.safetensors").resolve()
+            weights = (model / "model.safetensors").resolve()
+            _check_lineage(f"{src} ({name})", weights, f, groups, _advice(src, theirs), set(g.train) | set(g.val))
+            sources[name] = weights
         return sources
     weights = weights_file(src).resolve()
     record = _split_record(weights)
-    if record is not None:
-        split = json.loads(record.read_text(encoding="utf-8"))
-        seen_by_model = set(split.get("train", [])) | set(split.get("val", []))
-        cv = record.parent.parent
-        plan = SplitPlan.from_json(cv / "splits.json") if is_cv_folder(cv) else None
-        for f in todo:
-            name = fold_name(f.repeat, f.fold)
-            _refuse_leak(str(src), sorted(seen_by_model & set(f.test)), name, cv, plan)
+    cv = record.parent.parent if record is not None else None
+    theirs = SplitPlan.from_json(cv / "splits.json") if cv is not None and is_cv_folder(cv) else None
+    groups = _Groups(plan, theirs)
+    advice = _advice(cv, theirs, one_fold=True) if cv is not None and theirs is not None else _advice(src, None)
+    for f in todo:
+        _check_lineage(str(src), weights, f, groups, advice, set())
     return {fold_name(f.repeat, f.fold): weights for f in todo}
 
 
 def check_init_record(
-    out: Path, init_from: str | Path | None, sources: dict[str, Path], plan: SplitPlan, selected: Sequence[Any]
+    out: Path,
+    init_from: str | Path | None,
+    sources: dict[str, Path],
+    plan: SplitPlan,
+    selected: Sequence[Any],
+    fresh: bool = False,
 ) -> dict[str, Any] | None:
-    """The ``init_from.json`` record ``out`` should hold after this call, or None for none; refuses a mixed CV.
+    """The ``init_from.json`` record ``out`` should hold after this call (None: none, and an old one goes); refuses a
+    mixed CV.
 
     A CV whose folds have started (a fold folder exists) keeps the starting weights it began with: training more of
     its folds (``selected`` ones not finished) without ``--init-from``, with another source, or with one after folds
-    started without, is refused; gathering finished folds again is not. The record's
-    fold entries are merged, so CVs run a few folds at a time keep every fold's source.
+    started without, is refused; gathering finished folds again is not. The record's fold entries are merged, so CVs
+    run a few folds at a time keep every fold's source. ``fresh``: ``out`` is about to be emptied (``--overwrite``).
 
     Raises:
         ValueError: the CV in ``out`` started from other weights than asked now.
     """
     path = out / INIT_RECORD
-    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not fresh else None
     new_source = str(Path(init_from).resolve()) if init_from is not None else None
-    old_source = old.get("resolved", old.get("source")) if old else None
-    started = [f for f in plan.folds if (out / fold_name(f.repeat, f.fold)).is_dir()]
-    pending = [f for f in selected if not (out / fold_name(f.repeat, f.fold) / "metrics.csv").is_file()]
+    old_source = None
+    if old:  # records written before "resolved" existed hold the source as typed, relative to where agseg ran
+        old_source = old.get("resolved") or str(Path(old["source"]).resolve())
+    started = [] if fresh else [f for f in plan.folds if (out / fold_name(f.repeat, f.fold)).is_dir()]
+    pending = pending_folds(selected, out, fresh)
     if started and pending and old_source != new_source:
         if old_source is None:
             why = f"its folds started from scratch, not from {new_source}: rerun it without --init-from"
@@ -164,6 +233,6 @@ def check_init_record(
     if not pending:
         return old
     if new_source is None:
-        return None
+        return None  # nothing started from the old record's source (else refused above): it goes
     folds = {**(old.get("folds", {}) if old else {}), **{k: str(v) for k, v in sources.items()}}
     return {"source": str(init_from), "resolved": new_source, "folds": folds}

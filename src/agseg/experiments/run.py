@@ -14,6 +14,7 @@ A training run directory::
 A cross-validation directory::
 
     CV/config.yaml, CV/env.json, CV/splits.json, CV/labels.json (one label set for every fold)
+    CV/init_from.json        with --init-from: the source and each fold's starting weights
     CV/repeat{r}_fold{f}/    a training run directory per fold, plus metrics.csv (test cases) and predictions/
     CV/metrics.csv           every test case of every finished fold (model, repeat, fold, case_id, metrics...)
     CV/summary.json          per metric: mean/std/median over cases, mean/std over folds, undefined counts
@@ -238,10 +239,16 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig, allowed: Sequen
 
 
 def check_run_dir(
-    run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, allowed: Sequence[str] = RUNTIME_KEYS
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    resume: bool,
+    overwrite: bool,
+    allowed: Sequence[str] = RUNTIME_KEYS,
+    remove: bool = True,
 ) -> None:
     """Refuse to write into ``run_dir`` unless it is new or empty, it is this run being resumed with the same
-    settings, or ``overwrite`` (which removes the old agseg run first). Called before anything is written.
+    settings, or ``overwrite`` (which removes the old agseg run first; with ``remove=False`` only checked, so that
+    other checks can run before anything is deleted). Called before anything is written.
 
     Raises:
         DataError: a folder holding something that is not an agseg run, or a run without ``resume``/``overwrite``.
@@ -252,14 +259,16 @@ def check_run_dir(
             barrier()
             return
         try:
-            _check_run_dir(run_dir, cfg, resume, overwrite, allowed)
+            _check_run_dir(run_dir, cfg, resume, overwrite, allowed, remove)
         finally:
             barrier()
         return
-    _check_run_dir(run_dir, cfg, resume, overwrite, allowed)
+    _check_run_dir(run_dir, cfg, resume, overwrite, allowed, remove)
 
 
-def _check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, allowed: Sequence[str]) -> None:
+def _check_run_dir(
+    run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool, allowed: Sequence[str], remove: bool = True
+) -> None:
     from agseg.config import load_config
 
     if not run_dir.exists() or not any(not p.name.startswith(".") for p in run_dir.iterdir()):
@@ -270,8 +279,9 @@ def _check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite
     if overwrite:
         import shutil
 
-        log.warning("--overwrite: removing the earlier run in %s", run_dir)
-        shutil.rmtree(run_dir)
+        if remove:
+            log.warning("--overwrite: removing the earlier run in %s", run_dir)
+            shutil.rmtree(run_dir)
         return
     if not resume:
         raise DataError(
@@ -343,7 +353,8 @@ def train_model(
     run_dir = Path(run_dir)
     resolve_device(cfg.train.device)  # a device that is not here fails before anything is written
     check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed))
-    source = weights_file(init_from) if init_from is not None else None  # a missing source: before any write
+    source = weights_file(init_from).resolve() if init_from is not None else None  # before any write
+    source_state = load_state_dict_file(source) if source is not None else None  # a file without weights, too
     set_threads(cfg.train.threads)
     cache = cache or _cache(cfg, run_dir)
     check_data(cfg, [*train_cases, *val_cases], cache)
@@ -377,7 +388,6 @@ def train_model(
     torch.manual_seed(cfg.seed)
     model = create_model(name, **kwargs)
     last = run_dir / "checkpoints" / "last.pt"
-    source_state = load_state_dict_file(source) if source is not None else None
     # a run started under earlier model defaults continues with its own net; an init-from source saved under them
     # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit). Only
     # looked for when the config leaves such a default unnamed.
@@ -593,17 +603,29 @@ class CVResult:
     seconds: float
 
 
-def _balanced_sampler(cfg: ExperimentConfig, train_cases: Sequence[CaseRef], train_ds: Any, task: str, world_size: int):
-    """The ``train.balance`` sampler (:mod:`agseg.training.sampling`), or None for a plain shuffle."""
+def _check_balance(cfg: ExperimentConfig, cases: Sequence[CaseRef], task: str, world_size: int) -> list[tuple] | None:
+    """The cases' ``train.balance`` strata (None without it); raises ConfigError for a balance these cases or this
+    launch cannot have. ``run_cv`` calls it over the whole dataset before writing anything."""
     if cfg.train.balance is None:
         return None
     if world_size > 1:
         raise ConfigError("train.balance is not supported under torchrun (each process draws its own shard)")
-    targets = list(train_ds.targets) if task == "classification" else None
+    targets = [case_target(c) for c in cases] if task == "classification" else None
+    if targets is not None and any(t is None for t in targets):
+        targets = None  # the classification dataset reports the case without a class
     try:
-        strata = balance_strata([c.case_id for c in train_cases], targets, cfg.train.balance)
+        return balance_strata([c.case_id for c in cases], targets, cfg.train.balance)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _balanced_sampler(cfg: ExperimentConfig, train_cases: Sequence[CaseRef], train_ds: Any, task: str, world_size: int):
+    """The ``train.balance`` sampler (:mod:`agseg.training.sampling`), or None for a plain shuffle."""
+    if cfg.train.balance is None:
+        return None
+    _check_balance(cfg, train_cases, task, world_size)
+    targets = list(train_ds.targets) if task == "classification" else None
+    strata = balance_strata([c.case_id for c in train_cases], targets, cfg.train.balance)
     counts = Counter(strata)
     log.info("balanced sampling over %d strata: %s", len(counts),
              ", ".join(f"{'/'.join(map(str, k))} {n}" for k, n in sorted(counts.items())))  # fmt: skip
@@ -625,8 +647,10 @@ def run_cv(
     ``init_from`` starts every fold from other weights where they fit (as :func:`train_model`). Another CV folder
     maps fold to fold (seed 003's AG-Sononet from a trained Sononet, measured by CV): each fold starts from the same
     fold's model there, and is refused when that model trained or chose its epoch on any of this fold's test cases
-    (other splits). A run folder or weights file starts every fold from the same weights, which must not have seen
-    this data's test cases (that cannot be checked here).
+    or their patients (other splits). A run folder or weights file starts every fold from the same weights, refused
+    likewise where its run's ``split.json`` shows such a case (one fold of another CV); weights with no record (a
+    shipped model, a file from elsewhere) cannot be checked. The models a source was itself started from are checked
+    too (:mod:`agseg.experiments.init_from`). A CV keeps its source (``CV/init_from.json``) across resumes.
 
     Splits are seeded and grouped by patient, saved as ``splits.json`` and reused: pass the same ``splits`` file to
     every model of a comparison so the statistics are paired. Finished folds (``metrics.csv`` present) are not
@@ -637,7 +661,8 @@ def run_cv(
     cfg = _validated(cfg)
     out = Path(out_dir)
     resolve_device(cfg.train.device)  # a device that is not here fails before anything is written
-    check_run_dir(out, cfg, resume=True, overwrite=overwrite)  # a CV folder resumes, with the same settings only
+    # a CV folder resumes, with the same settings only; an --overwrite removes the old one once every check passed
+    check_run_dir(out, cfg, resume=True, overwrite=overwrite, remove=False)
     index = load_index(cfg)
     cache = _cache(cfg, out)  # beside the CV folder, shared by its folds
     check_data(cfg, list(index), cache)
@@ -650,7 +675,8 @@ def run_cv(
     split_args = {"n_folds": cfg.cv.folds, "n_repeats": cfg.cv.repeats, "seed": cfg.seed,
                   "val_fraction": cfg.cv.val_fraction, "strata": _strata(cfg, index)}  # fmt: skip
     # the plan in memory first: the fold selection and --init-from are checked before anything is written to --out
-    if split_path.exists():
+    replaced = overwrite and split_path.resolve().is_relative_to(out.resolve())  # goes with the old CV
+    if split_path.exists() and not replaced:
         plan = load_or_create_splits(split_path, ids, groups, **split_args)
     else:
         plan = make_splits(ids, groups, split_args["n_folds"], split_args["n_repeats"], split_args["seed"],
@@ -662,15 +688,18 @@ def run_cv(
         raise ValueError(
             f"no fold selected: folds {folds}, repeats {repeats} of a {plan.n_repeats}x{plan.n_folds} plan"
         )
-    sources = cv_init_sources(init_from, selected, out)
-    record = check_init_record(out, init_from, sources, plan, selected)
+    sources = cv_init_sources(init_from, selected, out, plan, fresh=overwrite)
+    record = check_init_record(out, init_from, sources, plan, selected, fresh=overwrite)
+    _check_balance(cfg, list(index), cfg.task, world()[1])
+    if overwrite:
+        check_run_dir(out, cfg, resume=True, overwrite=True)  # every check passed: the old CV goes now
     barrier()  # torchrun: every process has checked the folder before rank 0 writes into it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         _write_json(out / "env.json", environment())
         _write_json(out / "labels.json", _labels_record(label_set, counts))
-        if not split_path.exists():
+        if not split_path.exists() or replaced:
             plan.to_json(split_path)
             log.info("created %s: %d repeat(s) x %d folds over %d cases", split_path, plan.n_repeats, plan.n_folds,
                      len(ids))  # fmt: skip
@@ -678,6 +707,8 @@ def run_cv(
             plan.to_json(out / "splits.json")
         if record is not None:
             _write_json(out / INIT_RECORD, record)
+        else:
+            (out / INIT_RECORD).unlink(missing_ok=True)  # a stale record of a source no fold started from
     barrier()
     if rank != 0:  # the splits rank 0 wrote
         plan = load_or_create_splits(out / "splits.json", ids, groups, **split_args)

@@ -101,17 +101,25 @@ def _move_in(tmp: Path, out: Path, file: str) -> None:
         for name in (BUNDLE_WEIGHTS, file, BUNDLE_JSON):
             (tmp / name).replace(out / name)
             moved.append(name)
-    except OSError as err:
+    except BaseException as err:  # an interrupt too: the earlier export must not vanish with the temporary folder
         try:
             for name in moved:
                 (out / name).unlink(missing_ok=True)
             for name in reversed(kept):  # model.json last
                 (aside / name).replace(out / name)
         except OSError as again:
+            keep = out / "previous-export"
+            try:
+                aside.replace(keep)  # what could not be put back, kept beside (never deleted with tmp)
+                where = f"the earlier files that could not be put back are in {keep}"
+            except OSError:
+                where = f"the earlier files could not be kept either ({aside})"
             raise ExportError(
                 f"moving the export into {out} failed ({err}), and so did putting the earlier export back ({again}): "
-                f"{out} has no complete model now (no model.json); export again"
+                f"{out} has no complete model now (no model.json); {where}; export again"
             ) from err
+        if not isinstance(err, OSError):
+            raise
         after = "the earlier export there is back as it was" if kept else "nothing of it was kept"
         raise ExportError(f"moving the export into {out} failed: {err}; {after}") from err
 

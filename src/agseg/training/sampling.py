@@ -5,8 +5,8 @@ A user's data often mixes sources or classes in unequal numbers (the chest X-ray
 the same share of every epoch's draws, a regex (its first group, e.g. ``'^([A-Z]+)_'`` for the hospital prefix of a
 case id) gives each (group, class) stratum the same share. Draws are with replacement, as many per epoch as there
 are cases, from a generator seeded by ``(seed, epoch)``: an epoch draws the same cases on a resume. A case's
-``k``-th draw in an epoch is yielded as ``index + k * n`` (n cases), which agseg's datasets read as the same case
-with its own augmentation seed, so repeated draws are not identical copies.
+``k``-th draw (k >= 1) in an epoch is yielded as ``(index, k)``, which agseg's datasets read as the same case with
+its own augmentation seed, so repeated draws are not identical copies (a first draw is the plain index).
 
 ``torch.utils.data.WeightedRandomSampler`` draws the same way but cannot be re-seeded per epoch, so a resumed run
 would draw differently; :class:`BalancedSampler` is that sampler plus ``set_epoch``.
@@ -40,7 +40,7 @@ def balance_strata(case_ids: Sequence[str], targets: Sequence[int] | None, balan
     strata = []
     for i, cid in enumerate(case_ids):
         m = pattern.search(cid)
-        if m is None:
+        if m is None or m.group(1) is None:
             raise ValueError(f"train.balance: case {cid!r} does not match {balance!r}: every case must name a group")
         strata.append((m.group(1),) if targets is None else (m.group(1), int(targets[i])))
     return strata
@@ -52,9 +52,9 @@ def balanced_weights(strata: Sequence[tuple]) -> torch.Tensor:
     return torch.tensor([1.0 / (len(counts) * counts[s]) for s in strata], dtype=torch.float64)
 
 
-class BalancedSampler(torch.utils.data.Sampler[int]):
+class BalancedSampler(torch.utils.data.Sampler):
     """``len(weights)`` draws per epoch with replacement by ``weights``, seeded by ``(seed, epoch)``; a case's k-th
-    draw is yielded as ``index + k * len(weights)`` (see the module doc)."""
+    draw (k >= 1) is yielded as ``(index, k)`` (see the module doc)."""
 
     def __init__(self, weights: torch.Tensor, seed: int = 0) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
@@ -74,6 +74,6 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         seen: Counter[int] = Counter()
         out = []
         for i in drawn:
-            out.append(i + n * seen[i])  # the k-th draw of case i: index i + k * n
+            out.append((i, seen[i]) if seen[i] else i)  # the k-th draw of case i: (i, k)
             seen[i] += 1
         return iter(out)
