@@ -141,7 +141,7 @@ def test_conv_relu_takes_the_fused_kernel_only_where_it_applies(monkeypatch):
             m(torch.randn(2, 3, 8, 8))  # fp16 autocast: not a fused dtype here
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert m(torch.randn(2, 3, 8, 8)).dtype == torch.bfloat16
-    assert len(calls) == 2
+    assert len(calls) == (2 if fuse._onednn_bf16() else 1)  # bf16 fused only where oneDNN runs bf16 (AVX-512/AMX)
 
 
 def test_fuse_conv_relu_pairs_only_a_relu_after_a_conv():
