@@ -326,6 +326,12 @@ def test_init_from_follows_the_models_a_source_was_started_from(cxr, tmp_path):
     with pytest.raises(ValueError, match="through .*u/repeat0_fold0"):
         run_cv(tiny_cfg(cxr, name="a"), tmp_path / "a", folds=[1], splits=shared, init_from=tmp_path / "r")
     assert not (tmp_path / "a").exists()
+    import shutil
+
+    shutil.rmtree(tmp_path / "u")  # before r recorded what its source saw, this let the leak through
+    with pytest.raises(ValueError, match="through .*u/repeat0_fold0"):
+        run_cv(tiny_cfg(cxr, name="a"), tmp_path / "a", folds=[1], splits=shared, init_from=tmp_path / "r")
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_leak_is_a_shared_patient_not_only_a_shared_case_id():
@@ -384,3 +390,43 @@ def test_a_cv_refuses_a_balance_its_cases_cannot_have_before_writing(cxr, tmp_pa
         run_cv(tiny_cfg(cxr, **{"train.balance": "^(MCU)"}), tmp_path / "b", folds=[0])
     assert not (tmp_path / "b").exists()  # a retry with a fixed regex is no "changed config"
     assert run_cv(tiny_cfg(cxr, **{"train.balance": r"_(\d)$"}), tmp_path / "b", folds=[0]).folds_done == 1
+
+
+def test_overwrite_refuses_to_start_from_weights_inside_the_folder_it_deletes(cxr, tmp_path):
+    """Before the fix, --overwrite removed the CV (or run) and then could not find the weights it was told to start
+    from: the old models were lost and nothing trained."""
+    from agseg.data.datasets import load_dataset
+    from agseg.experiments.run import train_model
+
+    cfg = tiny_cfg(cxr)
+    out = tmp_path / "cv"
+    run_cv(cfg, out, folds=[0])
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    for source in (out, out / "repeat0_fold0"):
+        with pytest.raises(ValueError, match="--overwrite deletes"):
+            run_cv(cfg, out, folds=[0], overwrite=True, init_from=source)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    run = out / "repeat0_fold0"
+    with pytest.raises(ValueError, match="lies inside --out"):
+        train_model(cfg, run, cases[:4], cases[4:5], overwrite=True, init_from=run / "model")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_train_overwrite_keeps_the_old_run_when_a_later_check_fails(cxr, tmp_path):
+    """Before the fix, train_model's --overwrite deleted the old run first and then refused the --init-from file."""
+    from agseg.data.datasets import load_dataset
+    from agseg.experiments.run import train_model
+
+    cfg = tiny_cfg(cxr)
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    run = tmp_path / "run"
+    train_model(cfg, run, cases[:4], cases[4:5])
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds no weights"):
+        train_model(cfg, run, cases[:4], cases[4:5], overwrite=True, init_from=tmp_path / "notes.json")
+    with pytest.raises(ConfigError, match="does not match"):
+        train_model(cfg.replace(**{"train.balance": "^(MCU)"}), run, cases[:4], cases[4:5], overwrite=True)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert train_model(cfg, run, cases[:4], cases[4:5], overwrite=True).result is not None  # a valid one replaces it

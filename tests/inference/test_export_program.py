@@ -120,9 +120,12 @@ def test_a_failing_move_that_cannot_be_undone_says_the_folder_is_incomplete(tmp_
 
     monkeypatch.setattr(pathlib.Path, "replace", replace)
     old_program = (out / PROGRAM_FILE).read_bytes()
-    with pytest.raises(ExportError, match="no complete model now.*previous-export"):
+    (out / "previous-export").mkdir()  # an earlier failure's files: before the fix the rename onto it failed
+    (out / "previous-export" / PROGRAM_FILE).write_bytes(b"earlier")  # and the files went with the temporary folder
+    with pytest.raises(ExportError, match="no complete model now.*previous-export-2"):
         export_program(run, out, overwrite=True)
     assert not (out / "model.json").exists()
-    assert (out / "previous-export" / PROGRAM_FILE).read_bytes() == old_program  # kept, not deleted with tmp
+    assert (out / "previous-export-2" / PROGRAM_FILE).read_bytes() == old_program  # kept, not deleted with tmp
+    assert (out / "previous-export" / PROGRAM_FILE).read_bytes() == b"earlier"
     with pytest.raises(Exception, match="model.json"):
         load_bundle(out)

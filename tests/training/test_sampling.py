@@ -124,3 +124,30 @@ def test_train_balances_by_a_pattern_and_refuses_one_that_misses_a_case_before_w
     with pytest.raises(ConfigError, match="does not match"):
         train_model(_cfg(cxr, r"^(MCU)"), tmp_path / "bad", train, [cases[3]])
     assert not (tmp_path / "bad").exists()
+
+
+def test_repeated_draws_reach_dataloader_workers_as_the_same_case(cxr):
+    """(case, k) indices cross into worker processes: each batch item is the drawn case, in the drawn order."""
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    pre = Preprocessor(PreprocessConfig(target_size=(16, 16), intensity="minmax01"))
+    ds = SegmentationDataset(cases, pre, augment=AugmentConfig(rotate_deg=20, affine_prob=1.0), seed=0)
+    sampler = BalancedSampler(balanced_weights([("a",)] + [("b",)] * (len(cases) - 1)), seed=3)
+    drawn = list(sampler)
+    assert any(isinstance(d, tuple) for d in drawn)  # case 0 carries half the weight: it is drawn again
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2)
+    got = [cid for batch in loader for cid in batch["case_id"]]
+    assert got == [cases[_case(d)].case_id for d in drawn]
+
+
+def test_a_balanced_classifier_names_the_case_without_a_class(tmp_path):
+    """Before the fix the message blamed train.balance ('class' needs image-level classes) for one missing class."""
+    from agseg.data.cases import CaseRef
+    from agseg.data.errors import DataError
+    from agseg.experiments.run import _check_balance
+
+    cfg = from_dict({"name": "c", "data": {"path": str(tmp_path)}, "model": {"name": "sononet8"},
+                     "train": {"balance": "class"}})  # fmt: skip
+    cases = [CaseRef("a_0", (tmp_path / "a_0.png",), target=0), CaseRef("b", (tmp_path / "b.png",))]
+    with pytest.raises(DataError, match="b.png.*has no class"):
+        _check_balance(cfg, cases, "classification", 1)
+    assert _check_balance(cfg, cases[:1], "classification", 1) == [(0,)]

@@ -15,6 +15,7 @@ leaves nothing behind and a retry needs no ``--overwrite``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from agseg.experiments.splits import SplitPlan
 
 INIT_RECORD = "init_from.json"
+log = logging.getLogger(__name__)
 
 
 def fold_name(repeat: int, fold: int) -> str:
@@ -62,6 +64,22 @@ def is_cv_folder(path: Path) -> bool:
     )
 
 
+def refuse_inside(out: Path, sources: Sequence[Path], given: str | Path | None) -> None:
+    """Refuse ``--init-from`` weights that lie inside ``out`` when ``--overwrite`` is about to delete ``out``.
+
+    Raises:
+        ValueError: a source under ``out`` (the message names it).
+    """
+    root = out.resolve()
+    for src in [*([Path(given)] if given is not None else []), *sources]:
+        if src.resolve().is_relative_to(root):
+            where = "is --out itself" if src.resolve() == root else f"lies inside --out {out}"
+            raise ValueError(
+                f"--init-from {given if given is not None else src}: {src} {where}, which --overwrite deletes "
+                "before training: copy that model out of it first, or write to another --out"
+            )
+
+
 def _split_record(weights: Path) -> Path | None:
     """The ``split.json`` of the run a weights file belongs to: beside it, or up to two folders above."""
     here = weights.parent
@@ -87,11 +105,27 @@ def _lineage(weights: Path) -> list[tuple[Path, set[str]]]:
             cases = set(split.get("train", [])) | set(split.get("val", []))
             init = record.parent / INIT_RECORD
             if init.is_file():
-                source = json.loads(init.read_text(encoding="utf-8")).get("source")
-                nxt = Path(source).resolve() if source and Path(source).is_file() else None
+                rec = json.loads(init.read_text(encoding="utf-8"))
+                source = rec.get("source")
+                if isinstance(rec.get("seen"), list) and source:  # the chain as it was when that run started
+                    chain.append((current, cases))
+                    chain.append((Path(source), set(rec["seen"])))
+                    return chain
+                if source and Path(source).is_file():
+                    nxt = Path(source).resolve()
+                elif source:
+                    log.warning("--init-from: %s was started from %s, which is gone: the cases that model saw "
+                                "cannot be checked", current, source)  # fmt: skip
         chain.append((current, cases))
         current = nxt
     return chain
+
+
+def seen_cases(weights: Path) -> list[str]:
+    """Every case ``weights`` and the models it was started from trained or chose their epoch on (:func:`_lineage`):
+    recorded in a run's ``init_from.json`` when it starts, so that its own later sources can be checked even after
+    those models' folders were changed or deleted."""
+    return sorted(set().union(*(cases for _, cases in _lineage(weights))))
 
 
 def _advice(src: Path, plan: SplitPlan | None, one_fold: bool = False) -> str:

@@ -48,7 +48,15 @@ from agseg.data.label_set import LabelSet, count_labels, declared_labels, resolv
 from agseg.data.preprocess import Preprocessor, invert
 from agseg.data.torch_dataset import ClassificationDataset, SegmentationDataset, case_target
 from agseg.experiments.evaluate import case_metrics
-from agseg.experiments.init_from import INIT_RECORD, check_init_record, cv_init_sources, fold_name, weights_file
+from agseg.experiments.init_from import (
+    INIT_RECORD,
+    check_init_record,
+    cv_init_sources,
+    fold_name,
+    refuse_inside,
+    seen_cases,
+    weights_file,
+)
 from agseg.experiments.splits import SplitPlan, load_or_create_splits, make_splits
 from agseg.fileio import atomic_write_text
 from agseg.inference.bundle import ModelBundle
@@ -352,8 +360,11 @@ def train_model(
     task = get_task(cfg.task)
     run_dir = Path(run_dir)
     resolve_device(cfg.train.device)  # a device that is not here fails before anything is written
-    check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed))
+    # only checked here: an --overwrite removes the old run once every check below has passed
+    check_run_dir(run_dir, cfg, resume, overwrite, allowed=(*RUNTIME_KEYS, *extra_allowed), remove=False)
     source = weights_file(init_from).resolve() if init_from is not None else None  # before any write
+    if overwrite and source is not None:
+        refuse_inside(run_dir, [source], init_from)  # the weights would go with the old run
     source_state = load_state_dict_file(source) if source is not None else None  # a file without weights, too
     set_threads(cfg.train.threads)
     cache = cache or _cache(cfg, run_dir)
@@ -374,6 +385,8 @@ def train_model(
     name, kwargs = _resolve_model(cfg, int(first_image.shape[0]), first_image.ndim - 1, label_set)
     rank, world_size = world()
     sampler = _balanced_sampler(cfg, train_cases, train_ds, task.name, world_size)  # checked before any write
+    if overwrite:
+        check_run_dir(run_dir, cfg, resume, overwrite=True)  # every check passed: the old run goes now
     barrier()  # every process has checked the run directory before the first writes it
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +422,8 @@ def train_model(
             )
         report = transfer_weights(model, source_state, init_classes, n_src)
         if rank == 0:
-            _write_json(run_dir / "init_from.json", {"source": str(source), **report.__dict__})
+            _write_json(run_dir / "init_from.json",
+                        {"source": str(source), **report.__dict__, "seen": seen_cases(source)})  # fmt: skip
     loss_name = task.default_loss if cfg.train.loss == "auto" else cfg.train.loss
     loss = create_loss(loss_name, **cfg.train.loss_kwargs)
     if uses_deep_supervision(model):
@@ -611,8 +625,9 @@ def _check_balance(cfg: ExperimentConfig, cases: Sequence[CaseRef], task: str, w
     if world_size > 1:
         raise ConfigError("train.balance is not supported under torchrun (each process draws its own shard)")
     targets = [case_target(c) for c in cases] if task == "classification" else None
-    if targets is not None and any(t is None for t in targets):
-        targets = None  # the classification dataset reports the case without a class
+    for c, t in zip(cases, targets or (), strict=False):
+        if t is None:  # named here, before a balance message that would blame the setting
+            raise DataError(c.image_paths[0], "case has no class (a classification dataset needs one)", c.case_id)
     try:
         return balance_strata([c.case_id for c in cases], targets, cfg.train.balance)
     except ValueError as err:
@@ -692,6 +707,7 @@ def run_cv(
     record = check_init_record(out, init_from, sources, plan, selected, fresh=overwrite)
     _check_balance(cfg, list(index), cfg.task, world()[1])
     if overwrite:
+        refuse_inside(out, list(sources.values()), init_from)  # --overwrite would delete them before fold 0
         check_run_dir(out, cfg, resume=True, overwrite=True)  # every check passed: the old CV goes now
     barrier()  # torchrun: every process has checked the folder before rank 0 writes into it
     if rank == 0:

@@ -82,6 +82,15 @@ def _check(run, net: nn.Module, shape: tuple[int, ...], seed: int, label: str) -
 _EXPORT_FILES = (BUNDLE_JSON, ONNX_FILE, PROGRAM_FILE, BUNDLE_WEIGHTS)  # model.json first: without it, incomplete
 
 
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder / name``, or ``name-2``, ``name-3``, ... : the first that does not exist (an earlier one is kept)."""
+    path, n = folder / name, 1
+    while path.exists():
+        n += 1
+        path = folder / f"{name}-{n}"
+    return path
+
+
 def _move_in(tmp: Path, out: Path, file: str) -> None:
     """Move a checked export from ``tmp`` into ``out``, replacing an earlier export there (both formats' files).
 
@@ -91,24 +100,24 @@ def _move_in(tmp: Path, out: Path, file: str) -> None:
     too is the folder left without model.json (incomplete, which ``load_bundle`` refuses), as the error says."""
     aside = tmp / ".previous"
     aside.mkdir()
-    kept: list[str] = []
-    moved: list[str] = []
+    new_files = (BUNDLE_WEIGHTS, file, BUNDLE_JSON)
     try:
         for name in _EXPORT_FILES:
             if (out / name).is_file():
                 (out / name).replace(aside / name)
-                kept.append(name)
-        for name in (BUNDLE_WEIGHTS, file, BUNDLE_JSON):
+        for name in new_files:
             (tmp / name).replace(out / name)
-            moved.append(name)
     except BaseException as err:  # an interrupt too: the earlier export must not vanish with the temporary folder
+        # what to undo is read off the folders, not off lists an interrupt could leave a step behind
+        kept = [name for name in _EXPORT_FILES if (aside / name).is_file()]
         try:
-            for name in moved:
-                (out / name).unlink(missing_ok=True)
+            for name in new_files:
+                if not (tmp / name).exists():  # moved in
+                    (out / name).unlink(missing_ok=True)
             for name in reversed(kept):  # model.json last
                 (aside / name).replace(out / name)
         except OSError as again:
-            keep = out / "previous-export"
+            keep = _free_name(out, "previous-export")
             try:
                 aside.replace(keep)  # what could not be put back, kept beside (never deleted with tmp)
                 where = f"the earlier files that could not be put back are in {keep}"
