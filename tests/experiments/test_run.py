@@ -430,3 +430,44 @@ def test_train_overwrite_keeps_the_old_run_when_a_later_check_fails(cxr, tmp_pat
         train_model(cfg.replace(**{"train.balance": "^(MCU)"}), run, cases[:4], cases[4:5], overwrite=True)
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert train_model(cfg, run, cases[:4], cases[4:5], overwrite=True).result is not None  # a valid one replaces it
+
+
+def test_seen_is_read_before_overwrite_deletes_an_ancestor_and_a_resume_keeps_its_source(cxr, tmp_path):
+    """R2 was started from R1 (a record written before 'seen' existed); train R1 --overwrite --init-from R2 used to
+    delete R1 first and then record only R2's cases, so a later leak through the old R1 passed."""
+    from agseg.data.datasets import load_dataset
+    from agseg.experiments.run import train_model
+
+    cfg = tiny_cfg(cxr)
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    train_model(cfg, r1, cases[:3], cases[3:4])
+    train_model(cfg, r2, cases[4:6], cases[6:7], init_from=r1)
+    record = json.loads((r2 / "init_from.json").read_text(encoding="utf-8"))
+    assert record["seen"] == sorted(c.case_id for c in cases[:4])
+    del record["seen"]  # as written before this session
+    (r2 / "init_from.json").write_text(json.dumps(record), encoding="utf-8")
+    train_model(cfg, r1, cases[7:8], cases[8:9], overwrite=True, init_from=r2)
+    seen = json.loads((r1 / "init_from.json").read_text(encoding="utf-8"))["seen"]
+    assert seen == sorted(c.case_id for c in cases[:7])  # R2's cases and those of the R1 it came from
+    other = tmp_path / "other"
+    train_model(cfg, other, cases[:2], cases[2:3])
+    with pytest.raises(ValueError, match="resume it with --init-from"):  # its record would name the wrong lineage
+        train_model(cfg.replace(**{"train.epochs": 2}), r2, cases[4:6], cases[6:7], resume=True, init_from=other)
+    assert json.loads((r2 / "init_from.json").read_text(encoding="utf-8"))["source"] == record["source"]
+
+
+def test_overwrite_keeps_the_old_run_when_the_source_record_cannot_be_read(cxr, tmp_path):
+    from agseg.data.datasets import load_dataset
+    from agseg.experiments.run import train_model
+
+    cfg = tiny_cfg(cxr)
+    cases = list(load_dataset(cxr, mask_threshold=127))
+    src, run = tmp_path / "src", tmp_path / "run"
+    train_model(cfg, src, cases[:3], cases[3:4])
+    train_model(cfg, run, cases[4:6], cases[6:7])
+    (src / "split.json").write_text("[1, 2]", encoding="utf-8")  # not a record
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(ValueError, match="split.json is not an agseg record"):
+        train_model(cfg, run, cases[4:6], cases[6:7], overwrite=True, init_from=src)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before

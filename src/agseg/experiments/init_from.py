@@ -89,6 +89,17 @@ def _split_record(weights: Path) -> Path | None:
     return None
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run's ``split.json`` or ``init_from.json``; ValueError naming the file when it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--init-from: {path} cannot be read ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--init-from: {path} is not an agseg record (a JSON object)")
+    return data
+
+
 def _lineage(weights: Path) -> list[tuple[Path, set[str]]]:
     """``weights`` and the weights it was itself started from (each run's ``init_from.json``), each with the cases
     its run trained or chose its epoch on (its ``split.json``; empty where none is found), nearest first."""
@@ -101,11 +112,11 @@ def _lineage(weights: Path) -> list[tuple[Path, set[str]]]:
         cases: set[str] = set()
         nxt = None
         if record is not None:
-            split = json.loads(record.read_text(encoding="utf-8"))
+            split = _read_record(record)
             cases = set(split.get("train", [])) | set(split.get("val", []))
             init = record.parent / INIT_RECORD
             if init.is_file():
-                rec = json.loads(init.read_text(encoding="utf-8"))
+                rec = _read_record(init)
                 source = rec.get("source")
                 if isinstance(rec.get("seen"), list) and source:  # the chain as it was when that run started
                     chain.append((current, cases))

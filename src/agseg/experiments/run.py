@@ -365,7 +365,18 @@ def train_model(
     source = weights_file(init_from).resolve() if init_from is not None else None  # before any write
     if overwrite and source is not None:
         refuse_inside(run_dir, [source], init_from)  # the weights would go with the old run
+    if source is not None and resume and not overwrite:
+        _check_resumed_source(run_dir, source)
+    seen = seen_cases(source) if source is not None else None  # read before --overwrite could delete an ancestor
     source_state = load_state_dict_file(source) if source is not None else None  # a file without weights, too
+    n_src = None
+    if source is not None and init_classes is not None:
+        meta = source.parent / "model.json"
+        try:
+            if meta.is_file():
+                n_src = json.loads(meta.read_text(encoding="utf-8"))["model_kwargs"]["out_channels"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(meta, f"cannot tell the source's classes ({type(err).__name__}: {err})") from None
     set_threads(cfg.train.threads)
     cache = cache or _cache(cfg, run_dir)
     check_data(cfg, [*train_cases, *val_cases], cache)
@@ -385,6 +396,23 @@ def train_model(
     name, kwargs = _resolve_model(cfg, int(first_image.shape[0]), first_image.ndim - 1, label_set)
     rank, world_size = world()
     sampler = _balanced_sampler(cfg, train_cases, train_ds, task.name, world_size)  # checked before any write
+    torch.manual_seed(cfg.seed)
+    model = create_model(name, **kwargs)
+    last = run_dir / "checkpoints" / "last.pt"
+    # a run started under earlier model defaults continues with its own net; an init-from source saved under them
+    # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit). Only
+    # looked for when the config leaves such a default unnamed.
+    legacy = None
+    if resolved_kwargs(model, kwargs) != kwargs:
+        resumed = resume and not overwrite and last.is_file()  # an --overwrite's old run is not continued
+        earlier = (load_checkpoint(last).get("model") if resumed else None) or source_state
+        legacy = legacy_model_kwargs(model, name, kwargs, earlier) if earlier else None
+    if legacy is not None:
+        kwargs = legacy
+        torch.manual_seed(cfg.seed)
+        model = create_model(name, **kwargs)
+    kwargs = resolved_kwargs(model, kwargs)  # the bundle names the defaults that changed once
+    report = transfer_weights(model, source_state, init_classes, n_src) if source is not None else None
     if overwrite:
         check_run_dir(run_dir, cfg, resume, overwrite=True)  # every check passed: the old run goes now
     barrier()  # every process has checked the run directory before the first writes it
@@ -398,32 +426,8 @@ def train_model(
         _write_json(run_dir / "preprocess.json", pre.to_dict())
         _write_json(run_dir / "labels.json", _labels_record(label_set, counts))
     barrier()
-    torch.manual_seed(cfg.seed)
-    model = create_model(name, **kwargs)
-    last = run_dir / "checkpoints" / "last.pt"
-    # a run started under earlier model defaults continues with its own net; an init-from source saved under them
-    # gives its decoder to a net whose config does not choose one (so that its up-sampling weights fit). Only
-    # looked for when the config leaves such a default unnamed.
-    legacy = None
-    if resolved_kwargs(model, kwargs) != kwargs:
-        earlier = (load_checkpoint(last).get("model") if resume and last.is_file() else None) or source_state
-        legacy = legacy_model_kwargs(model, name, kwargs, earlier) if earlier else None
-    if legacy is not None:
-        kwargs = legacy
-        torch.manual_seed(cfg.seed)
-        model = create_model(name, **kwargs)
-    kwargs = resolved_kwargs(model, kwargs)  # the bundle names the defaults that changed once
-    if init_from is not None:
-        n_src = None
-        if init_classes is not None:
-            meta = source.parent / "model.json"
-            n_src = (
-                json.loads(meta.read_text(encoding="utf-8"))["model_kwargs"]["out_channels"] if meta.is_file() else None
-            )
-        report = transfer_weights(model, source_state, init_classes, n_src)
-        if rank == 0:
-            _write_json(run_dir / "init_from.json",
-                        {"source": str(source), **report.__dict__, "seen": seen_cases(source)})  # fmt: skip
+    if init_from is not None and rank == 0:
+        _write_json(run_dir / INIT_RECORD, {"source": str(source), **report.__dict__, "seen": seen})
     loss_name = task.default_loss if cfg.train.loss == "auto" else cfg.train.loss
     loss = create_loss(loss_name, **cfg.train.loss_kwargs)
     if uses_deep_supervision(model):
@@ -615,6 +619,27 @@ class CVResult:
     folds_done: int
     folds_total: int
     seconds: float
+
+
+def _check_resumed_source(run_dir: Path, source: Path) -> None:
+    """A resumed run keeps the weights it started from: its ``init_from.json`` (and the cases recorded there as seen)
+    must not be replaced by another source's.
+
+    Raises:
+        ValueError: ``run_dir`` started from other weights than ``source``.
+    """
+    record = run_dir / INIT_RECORD
+    if not record.is_file():
+        return
+    try:
+        before = json.loads(record.read_text(encoding="utf-8")).get("source")
+    except (ValueError, AttributeError) as err:
+        raise DataError(record, f"cannot be read to resume the run ({err})") from None
+    if before and Path(before).resolve() != source.resolve():
+        raise ValueError(
+            f"{run_dir} started from {before}, not {source}: resume it with --init-from {before}, or start it again "
+            "with --overwrite"
+        )
 
 
 def _check_balance(cfg: ExperimentConfig, cases: Sequence[CaseRef], task: str, world_size: int) -> list[tuple] | None:
