@@ -72,8 +72,9 @@ def refuse_inside(out: Path, sources: Sequence[Path], given: str | Path | None) 
     """
     root = out.resolve()
     for src in [*([Path(given)] if given is not None else []), *sources]:
-        if src.resolve().is_relative_to(root):
-            where = "is --out itself" if src.resolve() == root else f"lies inside --out {out}"
+        resolved = src.resolve()
+        if resolved.is_relative_to(root):
+            where = "is --out itself" if resolved == root else f"lies inside --out {out}"
             raise ValueError(
                 f"--init-from {given if given is not None else src}: {src} {where}, which --overwrite deletes "
                 "before training: copy that model out of it first, or write to another --out"
@@ -98,6 +99,24 @@ def _read_record(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"--init-from: {path} is not an agseg record (a JSON object)")
     return data
+
+
+def check_resumed_source(run_dir: Path, source: Path) -> None:
+    """A resumed run keeps the weights it started from: its ``init_from.json`` (and the cases recorded there as seen)
+    must not be replaced by another source's.
+
+    Raises:
+        ValueError: ``run_dir`` started from other weights than ``source``, or its record cannot be read.
+    """
+    record = run_dir / INIT_RECORD
+    if not record.is_file():
+        return
+    before = _read_record(record).get("source")
+    if before and Path(before).resolve() != source.resolve():
+        raise ValueError(
+            f"{run_dir} started from {before}, not {source}: resume it with --init-from {before}, or start it again "
+            "with --overwrite"
+        )
 
 
 def _lineage(weights: Path) -> list[tuple[Path, set[str]]]:

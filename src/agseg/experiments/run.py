@@ -51,6 +51,7 @@ from agseg.experiments.evaluate import case_metrics
 from agseg.experiments.init_from import (
     INIT_RECORD,
     check_init_record,
+    check_resumed_source,
     cv_init_sources,
     fold_name,
     refuse_inside,
@@ -366,7 +367,7 @@ def train_model(
     if overwrite and source is not None:
         refuse_inside(run_dir, [source], init_from)  # the weights would go with the old run
     if source is not None and resume and not overwrite:
-        _check_resumed_source(run_dir, source)
+        check_resumed_source(run_dir, source)
     seen = seen_cases(source) if source is not None else None  # read before --overwrite could delete an ancestor
     source_state = load_state_dict_file(source) if source is not None else None  # a file without weights, too
     n_src = None
@@ -619,27 +620,6 @@ class CVResult:
     folds_done: int
     folds_total: int
     seconds: float
-
-
-def _check_resumed_source(run_dir: Path, source: Path) -> None:
-    """A resumed run keeps the weights it started from: its ``init_from.json`` (and the cases recorded there as seen)
-    must not be replaced by another source's.
-
-    Raises:
-        ValueError: ``run_dir`` started from other weights than ``source``.
-    """
-    record = run_dir / INIT_RECORD
-    if not record.is_file():
-        return
-    try:
-        before = json.loads(record.read_text(encoding="utf-8")).get("source")
-    except (ValueError, AttributeError) as err:
-        raise DataError(record, f"cannot be read to resume the run ({err})") from None
-    if before and Path(before).resolve() != source.resolve():
-        raise ValueError(
-            f"{run_dir} started from {before}, not {source}: resume it with --init-from {before}, or start it again "
-            "with --overwrite"
-        )
 
 
 def _check_balance(cfg: ExperimentConfig, cases: Sequence[CaseRef], task: str, world_size: int) -> list[tuple] | None:
