@@ -4,7 +4,7 @@ Every CV named here ran on ``docs/results/cxr_tb/splits.json``, so an image's pr
 neither trained nor chose an epoch on it, and their mean is a held-out figure for an ensemble of those recipes. No
 training: the committed per-case tables are read. Prints a table and writes JSON (``--out``).
 
-    python benchmarks/tb_recipe_ensemble.py --out runs/tb_recipe_ensemble.json
+    python benchmarks/tb_recipe_ensemble.py --out runs/tb_recipe_ensemble.json   # [--overwrite] to replace it
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from agseg.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent / "docs" / "results"
 RUNS = {
@@ -37,10 +39,13 @@ def read(path: Path) -> dict[str, tuple[float, int, int]]:
         }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
-    args = ap.parse_args()
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = ap.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.overwrite:  # an earlier result is never replaced unasked
+        raise SystemExit(f"exists already, not overwritten (use --overwrite): {args.out}")
     tables = {name: read(path) for name, path in RUNS.items()}
     ids = sorted(tables["sononet8"])
     for name, t in tables.items():  # the same images, each in the same fold: the ensemble is held out
@@ -57,7 +62,7 @@ def main() -> None:
         print(f"{r['auc']:10.4f}  {' + '.join(r['members'])}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"images": len(ids), "rows": rows}, indent=1), encoding="utf-8")
+        atomic_write_text(args.out, json.dumps({"images": len(ids), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
